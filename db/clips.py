@@ -1,0 +1,55 @@
+"""Queries on the `clips` table."""
+
+from typing import Literal
+
+from asyncpg import Connection, Pool, Record
+
+from db.queries import SQL
+
+Sort = Literal["newest", "popular", "title"]
+Conn = Pool | Connection
+
+
+async def get_clip(conn: Conn, clip_id: int) -> Record | None:
+    return await conn.fetchrow(SQL["get_clip"], clip_id)
+
+
+async def get_clip_stats(conn: Conn, clip_id: int) -> Record | None:
+    return await conn.fetchrow(SQL["get_clip_stats"], clip_id)
+
+
+async def list_clips(
+    conn: Conn,
+    *,
+    sort: Sort,
+    genre: str | None,
+    pattern: str | None,
+    after: tuple[object, int] | None,
+    limit: int,
+) -> list[Record]:
+    """A page of clips in `sort` order, strictly after the keyset `after`."""
+    key, last_id = after if after else (None, None)
+    return await conn.fetch(SQL[f"list_clips_{sort}"], genre, pattern, key, last_id, limit)
+
+
+async def create_clip(
+    conn: Conn,
+    *,
+    title: str,
+    description: str,
+    genre: str,
+    duration_seconds: float,
+    audio_url: str | None,
+    media_path: str | None,
+    content_type: str,
+) -> Record:
+    return await conn.fetchrow(
+        SQL["create_clip"],
+        title,
+        description,
+        genre,
+        duration_seconds,
+        audio_url,
+        media_path,
+        content_type,
+    )

@@ -1,0 +1,105 @@
+"""Demo catalogue: `python -m db.seed [--public-urls]`.
+
+The default set plays offline: it synthesises short pieces of real audio
+(16-bit PCM WAV, which every browser plays) into MEDIA_DIR. `--public-urls`
+adds the SoundHelix examples the original brief used, for deployments with
+internet access (their hosts must pass the upstream guard). Running it again
+changes nothing.
+"""
+
+import argparse
+import asyncio
+import math
+import wave
+from array import array
+from pathlib import Path
+
+import asyncpg
+
+from db.embedded import database
+from db.queries import SQL
+from settings import load_settings
+
+RATE = 22050
+# (file, title, genre, description, root frequency, scale steps, tempo bpm)
+DEMOS = [
+    ("demo-sunrise.wav", "Sunrise Arpeggio", "ambient", "Slow rising arpeggios.", 220.0, [0, 4, 7, 11, 12, 7], 72),
+    ("demo-night-drive.wav", "Night Drive", "electronic", "A pulsing minor riff.", 110.0, [0, 3, 7, 10, 12, 10, 7, 3], 120),
+    ("demo-porch.wav", "Porch Song", "folk", "A plain major tune.", 196.0, [0, 2, 4, 5, 7, 5, 4, 2], 96),
+    ("demo-rain.wav", "Rain Study", "classical", "Falling minor phrases.", 261.6, [12, 10, 8, 7, 5, 3, 2, 0], 84),
+    ("demo-bounce.wav", "Bounce", "hip-hop", "A bass line that bounces.", 82.4, [0, 0, 7, 5, 0, 3, 5, 7], 90),
+    ("demo-sketch.wav", "Blue Sketch", "jazz", "Blues scale noodling.", 146.8, [0, 3, 5, 6, 7, 10, 12, 7], 132),
+]
+PUBLIC = [
+    (f"SoundHelix Song {n}", "electronic", f"https://www.soundhelix.com/examples/mp3/SoundHelix-Song-{n}.mp3")
+    for n in range(1, 5)
+]
+SECONDS = 24
+
+
+def synthesise(root: float, steps: list[int], bpm: int, seconds: int = SECONDS) -> array:
+    """A melody of plucked notes with a soft fifth below: real, audible audio."""
+    samples = array("h")
+    beat = 60.0 / bpm
+    per_note = int(RATE * beat)
+    total = RATE * seconds
+    note = 0
+    while len(samples) < total:
+        freq = root * 2 ** (steps[note % len(steps)] / 12)
+        for i in range(min(per_note, total - len(samples))):
+            t = i / RATE
+            envelope = math.exp(-3.0 * t / beat)
+            value = math.sin(2 * math.pi * freq * t) + 0.3 * math.sin(math.pi * freq * t)
+            samples.append(int(9000 * envelope * value))
+        note += 1
+    return samples
+
+
+def write_wav(path: Path, samples: array) -> None:
+    tmp = path.with_suffix(".tmp")
+    with wave.open(str(tmp), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(samples.tobytes())
+    tmp.replace(path)
+
+
+async def seed(database_url: str, media_dir: Path, public_urls: bool) -> int:
+    media_dir.mkdir(parents=True, exist_ok=True)
+    conn = await asyncpg.connect(database_url)
+    added = 0
+    try:
+        for name, title, genre, description, root, steps, bpm in DEMOS:
+            path = media_dir / name
+            if not path.exists():
+                write_wav(path, synthesise(root, steps, bpm))
+            with wave.open(str(path)) as audio:
+                duration = audio.getnframes() / audio.getframerate()
+            status = await conn.execute(
+                SQL["seed_stored_clip"], title, description, genre, duration, name, "audio/wav"
+            )
+            added += int(status.split()[-1])
+        if public_urls:
+            for title, genre, url in PUBLIC:
+                status = await conn.execute(
+                    SQL["seed_remote_clip"], title, "A SoundHelix example.", genre, 300.0, url, "audio/mpeg"
+                )
+                added += int(status.split()[-1])
+    finally:
+        await conn.close()
+    return added
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--public-urls", action="store_true", help="also add the SoundHelix URL set")
+    args = parser.parse_args()
+    settings = load_settings()
+    with database(settings) as url:
+        added = asyncio.run(seed(url, settings.media_dir, args.public_urls))
+    print(f"seed: {added} clips added")
+
+
+if __name__ == "__main__":
+    main()

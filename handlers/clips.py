@@ -1,0 +1,198 @@
+"""The clip catalogue: list, show, stats, create."""
+
+import base64
+import binascii
+import json
+import mimetypes
+from datetime import datetime
+from typing import Annotated, Literal
+
+import yarl
+from aiohttp import web
+from asyncpg import Record
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+
+from db import POOL, clips
+from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query
+from handlers.problems import Problem
+from handlers.upstream import UPSTREAM, UpstreamRefused
+from settings import SETTINGS
+
+routes = web.RouteTableDef()
+
+GENRE = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+Genre = Annotated[str, StringConstraints(max_length=40, pattern=GENRE)]
+CONTENT_TYPE = r"^audio/[a-z0-9.+-]+$"
+
+
+class ListQuery(BaseModel):
+    genre: Genre | None = None
+    q: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    sort: clips.Sort = "newest"
+    limit: int = Field(50, ge=1, le=200)
+    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class NewClip(BaseModel, extra="forbid"):
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
+    genre: Genre
+    duration_seconds: float = Field(gt=0, le=86400, strict=True)
+    audio_url: Annotated[str, StringConstraints(max_length=2048)]
+    content_type: Annotated[str, StringConstraints(pattern=CONTENT_TYPE)] | None = None
+
+    @field_validator("audio_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        try:
+            url = yarl.URL(value)
+        except ValueError as error:
+            raise ValueError(f"not a URL: {error}") from None
+        if url.scheme not in ("http", "https") or not url.raw_host:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+
+def base_url(request: web.Request) -> str:
+    configured = request.app[SETTINGS].public_url
+    return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
+
+
+def render_clip(clip: Record, base: str) -> dict[str, object]:
+    last_played = clip["last_played_at"]
+    return {
+        "id": clip["id"],
+        "title": clip["title"],
+        "description": clip["description"],
+        "genre": clip["genre"],
+        "duration_seconds": clip["duration_seconds"],
+        "audio_url": clip["audio_url"],
+        "content_type": clip["content_type"],
+        "play_count": clip["play_count"],
+        "last_played_at": last_played.isoformat() if last_played else None,
+        "created_at": clip["created_at"].isoformat(),
+        "stream_url": f"{base}/clips/{clip['id']}/stream",
+    }
+
+
+def encode_cursor(sort: clips.Sort, clip: Record) -> str:
+    key = {
+        "newest": lambda: clip["created_at"].isoformat(),
+        "popular": lambda: clip["play_count"],
+        "title": lambda: clip["title"],
+    }[sort]()
+    raw = json.dumps([sort, key, clip["id"]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(sort: clips.Sort, cursor: str) -> tuple[object, int]:
+    """The keyset (sort key, id) a cursor carries, or a 400."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_sort, key, clip_id = json.loads(raw)
+        if cursor_sort != sort:
+            raise ValueError("made for another sort order")
+        if type(clip_id) is not int or not 1 <= clip_id <= BIGINT_MAX:
+            raise ValueError("bad id")
+        if sort == "newest":
+            key = datetime.fromisoformat(key)
+            if key.tzinfo is None:
+                raise ValueError("naive timestamp")
+        elif sort == "popular" and (type(key) is not int or not 0 <= key <= BIGINT_MAX):
+            raise ValueError("bad play count")
+        elif sort == "title" and type(key) is not str:
+            raise ValueError("bad title")
+        return key, clip_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise Problem(
+            400,
+            "cursor is not one this listing gave out; start again without it",
+            errors=[{"field": "cursor", "reason": f"invalid for sort={sort}"}],
+        ) from None
+
+
+def like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+@routes.get("/clips")
+@routes.get("/clips/")
+async def list_clips(request: web.Request) -> web.Response:
+    query = parse_query(ListQuery, request)
+    after = decode_cursor(query.sort, query.cursor) if query.cursor else None
+    rows = await clips.list_clips(
+        request.app[POOL],
+        sort=query.sort,
+        genre=query.genre,
+        pattern=like_pattern(query.q) if query.q else None,
+        after=after,
+        limit=query.limit + 1,  # one more tells whether a next page exists
+    )
+    page, more = rows[: query.limit], len(rows) > query.limit
+    base = base_url(request)
+    headers = {}
+    if more:
+        next_url = yarl.URL(base + request.path).with_query(
+            {**request.query, "cursor": encode_cursor(query.sort, page[-1])}
+        )
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    return web.json_response([render_clip(c, base) for c in page], headers=headers)
+
+
+@routes.get("/clips/{clip_id}")
+async def show_clip(request: web.Request) -> web.Response:
+    clip_id = parse_id(request.match_info["clip_id"])
+    clip = await clips.get_clip(request.app[POOL], clip_id)
+    if clip is None:
+        raise Problem(404, f"No clip has id {clip_id}")
+    return web.json_response(render_clip(clip, base_url(request)))
+
+
+@routes.get("/clips/{clip_id}/stats")
+async def clip_stats(request: web.Request) -> web.Response:
+    clip_id = parse_id(request.match_info["clip_id"])
+    stats = await clips.get_clip_stats(request.app[POOL], clip_id)
+    if stats is None:
+        raise Problem(404, f"No clip has id {clip_id}")
+    body = render_clip(stats, base_url(request))
+    body["plays_by_day"] = [
+        {"date": day.isoformat(), "plays": plays}
+        for day, plays in zip(stats["days"], stats["plays"], strict=True)
+    ]
+    return web.json_response(body)
+
+
+@routes.post("/clips")
+@routes.post("/clips/")
+async def create_clip(request: web.Request) -> web.Response:
+    new = await parse_json(NewClip, request)
+    upstream = request.app[UPSTREAM]
+    try:
+        await upstream.guard.check_url_resolving(yarl.URL(new.audio_url), upstream.resolver)
+    except UpstreamRefused as refused:
+        raise Problem(
+            400,
+            f"audio_url is refused: {refused}",
+            errors=[{"field": "audio_url", "reason": str(refused)}],
+        ) from None
+    content_type = new.content_type or guess_audio_type(new.audio_url)
+    clip = await clips.create_clip(
+        request.app[POOL],
+        title=new.title,
+        description=new.description,
+        genre=new.genre,
+        duration_seconds=new.duration_seconds,
+        audio_url=new.audio_url,
+        media_path=None,
+        content_type=content_type,
+    )
+    body = render_clip(clip, base_url(request))
+    return web.json_response(
+        body, status=201, headers={"Location": f"{base_url(request)}/clips/{clip['id']}"}
+    )
+
+
+def guess_audio_type(url: str) -> str:
+    guessed, _ = mimetypes.guess_type(yarl.URL(url).path)
+    return guessed if guessed and guessed.startswith("audio/") else "audio/mpeg"

@@ -1,0 +1,63 @@
+"""Turning request input into typed values, or a 400 that names each problem."""
+
+import json
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from handlers.problems import Problem
+
+Model = TypeVar("Model", bound=BaseModel)
+
+BIGINT_MAX = 2**63 - 1
+
+
+def parse_id(raw: str, name: str = "clip_id") -> int:
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
+        raise Problem(
+            400,
+            f"{name} must be a positive integer up to {BIGINT_MAX}, not {raw[:40]!r}",
+            errors=[{"field": name, "reason": "not a positive 64-bit integer"}],
+        )
+    return int(raw)
+
+
+def _field_errors(error: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]}
+        for e in error.errors(include_url=False)
+    ]
+
+
+def _invalid(error: ValidationError, where: str) -> Problem:
+    errors = _field_errors(error)
+    fields = ", ".join(e["field"] for e in errors)
+    return Problem(400, f"Invalid {where}: {fields}", errors=errors)
+
+
+def parse_query(model: type[Model], request: web.Request) -> Model:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as error:
+        raise _invalid(error, "query parameters") from None
+
+
+async def parse_json(model: type[Model], request: web.Request) -> Model:
+    if request.content_type != "application/json":
+        raise Problem(
+            415,
+            f"Send the body as application/json, not {request.content_type or 'nothing'}",
+            headers={"Accept-Post": "application/json"},
+        )
+    raw = await request.read()  # bounded by the app's client_max_size (413)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise Problem(400, f"The body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise Problem(400, "The body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise _invalid(error, "body") from None

@@ -1,0 +1,78 @@
+"""One error type, rendered once as RFC 9457 `application/problem+json`."""
+
+import logging
+from http import HTTPStatus
+
+from aiohttp import web
+
+import db
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error a client sees: a status, what was wrong, and optionally the
+    fields that were wrong (`errors`) and response headers."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str | None = None,
+        *,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body: dict[str, object] = {
+            "type": "about:blank",
+            "title": HTTPStatus(self.status).phrase,
+            "status": self.status,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        if self.errors:
+            body["errors"] = self.errors
+        return web.json_response(
+            body, status=self.status, headers=self.headers, content_type=CONTENT_TYPE
+        )
+
+
+def _from_http_error(request: web.Request, error: web.HTTPException) -> Problem:
+    headers = {k: v for k, v in error.headers.items() if k in ("Allow", "Retry-After")}
+    if error.status == 404:
+        detail = f"Nothing is served at {request.path}"
+    elif error.status == 405:
+        detail = f"{request.method} is not allowed here; use {headers.get('Allow', '')}"
+    elif error.status == 413:
+        detail = "The request body is too large"
+    else:
+        detail = error.text if error.text and not error.text.startswith(str(error.status)) else None
+    return Problem(error.status, detail, headers=headers)
+
+
+@web.middleware
+async def middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem.response()
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _from_http_error(request, error).response()
+    except db.UNAVAILABLE as error:
+        log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
+        return Problem(
+            503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
+        ).response()
+    except Exception:
+        log.exception("unhandled error: %s %s", request.method, request.path)
+        return Problem(500, "Internal error").response()

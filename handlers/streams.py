@@ -1,0 +1,169 @@
+"""GET/HEAD /clips/{id}/stream: the clip's audio, seekable, counted once per play.
+
+Remote clips are piped from their origin through the app's shared client
+session; stored clips are sent from MEDIA_DIR with the kernel's sendfile.
+Both honour Range and conditional requests, so `<audio>` can seek.
+
+The counting rule, decided from the response actually sent (see is_play):
+a GET whose response starts with status 200, or 206 from byte 0 covering at
+least 64 KiB (or the whole file). Seeks, HEAD, 304, 416 and errors never
+count, nor does Safari's `bytes=0-1` probe.
+"""
+
+import asyncio
+import logging
+import re
+from contextlib import contextmanager
+
+import aiohttp
+from aiohttp import web
+
+from db import POOL, clips
+from db.plays import PLAYS
+from handlers.metrics import METRICS
+from handlers.params import parse_id
+from handlers.problems import Problem
+from handlers.upstream import UPSTREAM, UpstreamRefused
+from settings import SETTINGS
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+FORWARD_REQUEST = ("Range", "If-Range", "If-None-Match", "If-Modified-Since")
+FORWARD_RESPONSE = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "ETag",
+    "Last-Modified",
+    "Content-Encoding",
+)
+MIN_PLAY_BYTES = 64 * 1024
+CHUNK_BYTES = 256 * 1024
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+# Set by the handler: which clip this stream plays; then by count_play:
+# the source of a stream that actually started.
+STREAM_CLIP = web.RequestKey("STREAM_CLIP", int)
+STREAM_SOURCE = web.RequestKey("STREAM_SOURCE", str)
+
+
+def is_play(method: str, status: int, content_range: str | None) -> bool:
+    if method != "GET":
+        return False
+    if status == 200:
+        return True
+    if status != 206 or content_range is None:
+        return False
+    match = _CONTENT_RANGE.fullmatch(content_range)
+    if match is None:
+        return False
+    start, end, total = int(match[1]), int(match[2]), match[3]
+    whole = total != "*" and end + 1 == int(total)
+    return start == 0 and (end + 1 >= MIN_PLAY_BYTES or whole)
+
+
+async def count_play(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: record the play the moment a stream starts."""
+    clip_id = request.get(STREAM_CLIP)
+    if clip_id is None or request.method != "GET" or response.status not in (200, 206):
+        return
+    metrics = request.app[METRICS]
+    source = "stored" if isinstance(response, web.FileResponse) else "remote"
+    request[STREAM_SOURCE] = source
+    metrics.streams_started.labels(source).inc()
+    metrics.streams_in_flight.inc()
+    if is_play(request.method, response.status, response.headers.get("Content-Range")):
+        request.app[PLAYS].record(clip_id)
+
+
+@contextmanager
+def tracked(request: web.Request):
+    """Count how a started stream ends; yields a dict whose "reason" the
+    body loop sets when it stops early."""
+    outcome = {"reason": "complete"}
+    try:
+        yield outcome
+    except (asyncio.CancelledError, ConnectionError):
+        outcome["reason"] = "client_gone"
+        raise
+    finally:
+        if STREAM_SOURCE in request:
+            metrics = request.app[METRICS]
+            metrics.streams_in_flight.dec()
+            metrics.streams_ended.labels(outcome["reason"]).inc()
+
+
+@routes.get("/clips/{clip_id}/stream")
+async def stream_clip(request: web.Request) -> web.StreamResponse:
+    clip_id = parse_id(request.match_info["clip_id"])
+    clip = await clips.get_clip(request.app[POOL], clip_id)
+    if clip is None:
+        raise Problem(404, f"No clip has id {clip_id}")
+    request[STREAM_CLIP] = clip_id
+    if clip["media_path"] is not None:
+        return await send_stored(request, clip)
+    return await send_remote(request, clip)
+
+
+async def send_stored(request: web.Request, clip) -> web.StreamResponse:
+    path = request.app[SETTINGS].media_dir / clip["media_path"]
+    if not path.is_file():
+        log.error("clip %s: stored audio %s is missing", clip["id"], path)
+        raise Problem(404, f"The audio of clip {clip['id']} is missing")
+    response = web.FileResponse(
+        path, chunk_size=CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
+    )
+    with tracked(request):
+        await response.prepare(request)  # sendfile: returns once all is sent
+    return response
+
+
+async def send_remote(request: web.Request, clip) -> web.StreamResponse:
+    upstream = request.app[UPSTREAM]
+    headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
+    try:
+        origin = await upstream.open(request.method, clip["audio_url"], headers)
+    except UpstreamRefused as refused:
+        raise Problem(502, f"The clip's audio origin is refused: {refused}") from None
+    except TimeoutError:
+        raise Problem(504, "The clip's audio origin did not answer in time") from None
+    except aiohttp.ClientError as error:
+        raise Problem(502, f"The clip's audio origin is unreachable ({type(error).__name__})") from None
+
+    async with origin:
+        if origin.status == 416:
+            raise Problem(
+                416,
+                f"Range {request.headers.get('Range')!r} is outside the audio",
+                headers={k: v for k, v in origin.headers.items() if k == "Content-Range"},
+            )
+        if origin.status not in (200, 206, 304):
+            raise Problem(502, f"The clip's audio origin answered {origin.status}")
+        response = web.StreamResponse(
+            status=origin.status,
+            headers={k: origin.headers[k] for k in FORWARD_RESPONSE if k in origin.headers},
+        )
+        if "Content-Type" not in response.headers:
+            response.content_type = clip["content_type"]
+        with tracked(request) as outcome:
+            await response.prepare(request)
+            if request.method == "HEAD" or origin.status == 304:
+                return response
+            try:
+                async for chunk in origin.content.iter_chunked(CHUNK_BYTES):
+                    await response.write(chunk)
+            except TimeoutError:
+                outcome["reason"] = "timeout"
+            except aiohttp.ClientError:
+                outcome["reason"] = "upstream_error"
+            if outcome["reason"] != "complete":
+                # Headers are gone: closing the connection is the only way
+                # left to tell the listener the body is cut short.
+                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome["reason"])
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+    return response

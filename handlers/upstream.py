@@ -1,0 +1,186 @@
+"""Upstream audio origins: one shared client session, and the guard that keeps
+it off internal addresses (SSRF).
+
+The guard checks the address actually connected to: host names go through
+`GuardedResolver`, which drops every resolved address that is not public
+(unless UPSTREAM_ALLOW names it), so names that resolve inward and DNS
+answers that change between check and use are both refused. IP literals,
+which aiohttp connects to without resolving, are checked by `open_upstream`
+on every redirect hop, including the legacy decimal, octal and hex IPv4
+forms.
+"""
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import yarl
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from settings import SETTINGS, Settings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class UpstreamRefused(OSError):
+    """The upstream URL or one of its addresses is not allowed."""
+
+
+class UpstreamGuard:
+    def __init__(self, allow: tuple[str, ...]):
+        networks, hosts = [], set()
+        for entry in allow:
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        self._networks = tuple(networks)
+        self._hosts = frozenset(hosts)
+
+    def allows_name(self, host: str) -> bool:
+        return host.lower().rstrip(".") in self._hosts
+
+    def allows_address(self, ip: IPAddress) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self._networks):
+            return True
+        if isinstance(ip, ipaddress.IPv6Address) and (ip.sixtofour or ip.teredo):
+            return False  # IPv4 tunnelled in IPv6: never needed for audio
+        return ip.is_global and not ip.is_multicast
+
+    def check_url(self, url: yarl.URL) -> None:
+        """Refuse what can be refused without DNS: scheme, credentials, and
+        a host that is an IP literal in any spelling."""
+        if url.scheme not in ("http", "https"):
+            raise UpstreamRefused(f"only http and https URLs are allowed, not {url.scheme!r}")
+        if url.user is not None or url.password is not None:
+            raise UpstreamRefused("URLs with credentials are not allowed")
+        host = url.raw_host
+        if not host:
+            raise UpstreamRefused("the URL has no host")
+        if self.allows_name(host):
+            return
+        ip = literal_address(host)
+        if ip is not None and not self.allows_address(ip):
+            raise UpstreamRefused(f"{host} is not a public address")
+
+    async def check_url_resolving(self, url: yarl.URL, resolver: AbstractResolver) -> None:
+        """check_url, then resolve a host name and refuse it if no public
+        address remains."""
+        self.check_url(url)
+        host = url.raw_host
+        if self.allows_name(host) or literal_address(host) is not None:
+            return
+        try:
+            await resolver.resolve(host, url.port or 0, socket.AF_UNSPEC)
+        except UpstreamRefused:
+            raise
+        except OSError:
+            raise UpstreamRefused(f"{host} does not resolve") from None
+
+
+def literal_address(host: str) -> IPAddress | None:
+    """The address an IP-literal host names, legacy IPv4 forms included
+    (`2130706433`, `0x7f.1`, `017700000001`, `127.1` are all 127.0.0.1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+class GuardedResolver(AbstractResolver):
+    def __init__(self, guard: UpstreamGuard, resolver: AbstractResolver | None = None):
+        self._guard = guard
+        self._resolver = resolver or aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        if self._guard.allows_name(host):
+            return results
+        allowed = [r for r in results if self._guard.allows_address(literal_address(r["host"]))]
+        if not allowed:
+            addresses = ", ".join(sorted({r["host"] for r in results}))
+            raise UpstreamRefused(f"{host} resolves to {addresses}, which is not public")
+        return allowed
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class Upstream:
+    """The app's shared client session with its guard and timeouts."""
+
+    def __init__(self, settings: Settings):
+        self.guard = UpstreamGuard(settings.upstream_allow)
+        self.resolver = GuardedResolver(self.guard)
+        self.headers_timeout = settings.upstream_headers_timeout
+        self.max_redirects = settings.upstream_max_redirects
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                resolver=self.resolver,
+                limit=settings.upstream_max_connections,
+                ttl_dns_cache=10,
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.upstream_connect_timeout,
+                sock_read=settings.upstream_read_timeout,
+            ),
+            # Bytes pass through untouched: Content-Length and Range offsets
+            # refer to what the origin sent.
+            auto_decompress=False,
+            read_bufsize=256 * 1024,
+            raise_for_status=False,
+        )
+
+    async def open(
+        self, method: str, url: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send the request and return the response once its headers are in,
+        following a bounded number of redirects, each hop checked.
+
+        Raises UpstreamRefused, TimeoutError (no headers in time) or
+        aiohttp.ClientError. The caller releases the response.
+        """
+        target = yarl.URL(url)
+        headers = {**headers, "Accept-Encoding": "identity"}
+        for _ in range(self.max_redirects + 1):
+            self.guard.check_url(target)
+            async with asyncio.timeout(self.headers_timeout):
+                response = await self.session.request(
+                    method, target, headers=headers, allow_redirects=False
+                )
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or location is None:
+                return response
+            response.release()
+            target = target.join(yarl.URL(location))
+            if response.status == 303:
+                method = "HEAD" if method == "HEAD" else "GET"
+        raise UpstreamRefused(f"more than {self.max_redirects} redirects")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+UPSTREAM = web.AppKey("UPSTREAM", Upstream)
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    upstream = Upstream(app[SETTINGS])
+    app[UPSTREAM] = upstream
+    try:
+        yield
+    finally:
+        await upstream.close()

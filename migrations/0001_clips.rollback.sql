@@ -1,0 +1,2 @@
+DROP TABLE clip_plays_daily;
+DROP TABLE clips;

@@ -1,0 +1,74 @@
+"""Every knob of the service, typed and validated once at start-up.
+
+Only `server.main()` and the command-line entry points read the environment;
+everything else receives a `Settings` instance.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from aiohttp import web
+from dotenv import load_dotenv
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
+
+
+class Settings(BaseModel, frozen=True, populate_by_name=True):
+    host: str = Field("127.0.0.1", alias="HOST")
+    port: int = Field(8000, alias="PORT", ge=1, le=65535)
+    # Unset means "start the embedded development PostgreSQL under .data/".
+    database_url: str | None = Field(None, alias="DATABASE_URL")
+    db_pool_min: int = Field(2, alias="DB_POOL_MIN", ge=0)
+    db_pool_max: int = Field(10, alias="DB_POOL_MAX", ge=1)
+    # Seconds to wait for a pooled connection and for one query: requests
+    # fail fast with 503 instead of piling up behind a sick database.
+    db_acquire_timeout: float = Field(5.0, alias="DB_ACQUIRE_TIMEOUT", gt=0)
+    db_query_timeout: float = Field(10.0, alias="DB_QUERY_TIMEOUT", gt=0)
+    # Off behind PgBouncer in transaction mode: prepared statements do not
+    # survive a server connection change there.
+    db_statement_cache: bool = Field(True, alias="DB_STATEMENT_CACHE")
+    migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
+    media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    # Base of the absolute stream_url in clip bodies; unset means "derive it
+    # from the request" (scheme and Host header).
+    public_url: str | None = Field(None, alias="PUBLIC_URL")
+
+    # Upstream audio origins.
+    upstream_allow: CommaList = Field((), alias="UPSTREAM_ALLOW")
+    upstream_connect_timeout: float = Field(3.0, alias="UPSTREAM_CONNECT_TIMEOUT", gt=0)
+    upstream_headers_timeout: float = Field(10.0, alias="UPSTREAM_HEADERS_TIMEOUT", gt=0)
+    upstream_read_timeout: float = Field(15.0, alias="UPSTREAM_READ_TIMEOUT", gt=0)
+    upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
+    upstream_max_connections: int = Field(256, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
+
+
+SETTINGS = web.AppKey("SETTINGS", Settings)
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment (and `.env`, which fills gaps only).
+
+    An invalid value stops the process with one line per problem naming the
+    variable, never a traceback.
+    """
+    load_dotenv()
+    try:
+        return Settings.model_validate(dict(os.environ))
+    except ValidationError as error:
+        lines = [
+            f"invalid setting {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            for e in error.errors()
+        ]
+        raise SystemExit("\n".join(lines)) from None

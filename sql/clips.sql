@@ -1,0 +1,75 @@
+-- name: get_clip
+-- One clip, or no row.
+SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
+       content_type, play_count, last_played_at, created_at
+FROM clips
+WHERE id = $1;
+
+-- name: list_clips_newest
+-- A page of clips, newest first. $1 genre, $2 ILIKE pattern (both optional),
+-- $3/$4 the keyset cursor (created_at, id) of the last row already seen, $5 limit.
+SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
+       content_type, play_count, last_played_at, created_at
+FROM clips
+WHERE ($1::text IS NULL OR genre = $1)
+  AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::bigint))
+ORDER BY created_at DESC, id DESC
+LIMIT $5;
+
+-- name: list_clips_popular
+-- A page of clips, most played first; cursor ($3, $4) = (play_count, id).
+SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
+       content_type, play_count, last_played_at, created_at
+FROM clips
+WHERE ($1::text IS NULL OR genre = $1)
+  AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
+  AND ($3::bigint IS NULL OR (play_count, id) < ($3, $4::bigint))
+ORDER BY play_count DESC, id DESC
+LIMIT $5;
+
+-- name: list_clips_title
+-- A page of clips in title order; cursor ($3, $4) = (title, id).
+SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
+       content_type, play_count, last_played_at, created_at
+FROM clips
+WHERE ($1::text IS NULL OR genre = $1)
+  AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
+  AND ($3::text IS NULL OR (title, id) > ($3, $4::bigint))
+ORDER BY title, id
+LIMIT $5;
+
+-- name: create_clip
+-- Insert one clip and return it as get_clip does.
+INSERT INTO clips (title, description, genre, duration_seconds, audio_url, media_path, content_type)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING id, title, description, genre, duration_seconds, audio_url, media_path,
+          content_type, play_count, last_played_at, created_at;
+
+-- name: get_clip_stats
+-- One clip with its plays per UTC day for the last 30 days (zeros included,
+-- oldest first), or no row.
+SELECT c.id, c.title, c.description, c.genre, c.duration_seconds, c.audio_url, c.media_path,
+       c.content_type, c.play_count, c.last_played_at, c.created_at,
+       daily.days, daily.plays
+FROM clips c
+CROSS JOIN LATERAL (
+    SELECT array_agg(d.day::date ORDER BY d.day) AS days,
+           array_agg(coalesce(p.plays, 0) ORDER BY d.day) AS plays
+    FROM generate_series((now() AT TIME ZONE 'UTC')::date - 29,
+                         (now() AT TIME ZONE 'UTC')::date, interval '1 day') AS d(day)
+    LEFT JOIN clip_plays_daily p ON p.clip_id = c.id AND p.day = d.day::date
+) AS daily
+WHERE c.id = $1;
+
+-- name: seed_stored_clip
+-- Insert a demo clip stored in MEDIA_DIR unless its file is already catalogued.
+INSERT INTO clips (title, description, genre, duration_seconds, media_path, content_type)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (media_path) WHERE media_path IS NOT NULL DO NOTHING;
+
+-- name: seed_remote_clip
+-- Insert a demo clip with a remote URL unless one with that URL exists.
+INSERT INTO clips (title, description, genre, duration_seconds, audio_url, content_type)
+SELECT $1, $2, $3, $4, $5, $6
+WHERE NOT EXISTS (SELECT 1 FROM clips WHERE audio_url = $5);
