@@ -1,0 +1,49 @@
+# Soundverse Clips: `make run` serves the demo catalogue, `make test` runs the suite.
+# Both install what they need into .venv first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+# The development server may fetch audio from origins on this machine;
+# production leaves UPSTREAM_ALLOW empty (public addresses only).
+export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
+
+.PHONY: run test lint check clean browser bench
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(PY) -m db.migrate
+	$(PY) -m db.seed
+	$(PY) server.py
+
+test: $(STAMP) browser
+	$(PY) -m pytest
+
+# The end-to-end tests drive a real headless Chromium (Debian package).
+# Installed here when missing and possible; the tests say why they skip otherwise.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ echo "installing chromium with apt-get"; apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
+		echo "chromium could not be installed: browser tests will skip"
+
+# One-command benchmark against a real nginx origin (see bench/README.md).
+bench: $(STAMP)
+	$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

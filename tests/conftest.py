@@ -1,0 +1,163 @@
+"""Real parts for every test: PostgreSQL, an HTTP origin on loopback, the app.
+
+PostgreSQL is the embedded server in a temporary directory, or the one
+TEST_DATABASE_URL names. Migrations run once into a template database; each
+test gets a fresh copy of it (CREATE DATABASE ... TEMPLATE, ~50 ms).
+"""
+
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+
+from db import POOL, clips, migrate
+from db.embedded import start
+from db.plays import PLAYS
+from db.seed import synthesise, write_wav
+from server import SERVER_OPTIONS, create_app
+from settings import Settings
+
+TEMPLATE = "clips_test_template"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory):
+    """The admin URL of the PostgreSQL server the suite uses."""
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield os.environ["TEST_DATABASE_URL"]
+        return
+    server = start(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+async def _admin(server_url: str, *statements: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url):
+    import asyncio
+
+    asyncio.run(
+        _admin(
+            server_url,
+            f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)",
+            f"CREATE DATABASE {TEMPLATE}",
+        )
+    )
+    url = with_database(server_url, TEMPLATE)
+    migrate.apply(url)
+    return url
+
+
+@pytest.fixture
+async def empty_database_url(server_url):
+    """A database with no schema at all."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f"CREATE DATABASE {name}")
+    yield with_database(server_url, name)
+    await _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def database_url(server_url, template_url):
+    """A fresh, fully migrated database for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    yield with_database(server_url, name)
+    await _admin(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tmp_path_factory) -> Path:
+    """Audio files the origin serves: a real WAV, and a multi-megabyte file."""
+    directory = tmp_path_factory.mktemp("audio")
+    write_wav(directory / "tune.wav", synthesise(220.0, [0, 4, 7, 12], 120, seconds=20))
+    (directory / "big.mp3").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    (directory / "small.mp3").write_bytes(os.urandom(10_000))
+    return directory
+
+
+@pytest.fixture
+def media_dir(tmp_path, audio_dir) -> Path:
+    """MEDIA_DIR for one test, holding copies of the same audio files."""
+    directory = tmp_path / "media"
+    directory.mkdir()
+    for path in audio_dir.iterdir():
+        (directory / path.name).write_bytes(path.read_bytes())
+    return directory
+
+
+@pytest.fixture
+async def origin(aiohttp_server, audio_dir):
+    """A real HTTP origin on loopback: static files with real Range and ETag."""
+    app = web.Application()
+    app.router.add_static("/audio", audio_dir)
+    return await aiohttp_server(app)
+
+
+@pytest.fixture
+def settings(database_url, media_dir) -> Settings:
+    return Settings(
+        DATABASE_URL=database_url,
+        MEDIA_DIR=media_dir,
+        MIGRATE_ON_START=False,
+        UPSTREAM_ALLOW="127.0.0.1/32",
+        UPSTREAM_HEADERS_TIMEOUT=1.0,
+        UPSTREAM_READ_TIMEOUT=1.0,
+        UPSTREAM_CONNECT_TIMEOUT=1.0,
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client, settings):
+    return await aiohttp_client(create_app(settings), server_kwargs=SERVER_OPTIONS)
+
+
+@pytest.fixture
+def app(client) -> web.Application:
+    return client.server.app
+
+
+@pytest.fixture
+def pool(app) -> asyncpg.Pool:
+    return app[POOL]
+
+
+@pytest.fixture
+def plays(app):
+    return app[PLAYS]
+
+
+@pytest.fixture
+def make_clip(pool):
+    """Insert a clip straight into the catalogue; returns its id."""
+
+    async def make(**fields) -> int:
+        defaults = {
+            "title": "A clip",
+            "description": "",
+            "genre": "rock",
+            "duration_seconds": 20.0,
+            "audio_url": None,
+            "media_path": None,
+            "content_type": "audio/mpeg",
+        }
+        return (await clips.create_clip(pool, **{**defaults, **fields}))["id"]
+
+    return make
