@@ -107,12 +107,22 @@ async def stream_clip(request: web.Request) -> web.StreamResponse:
     return await send_remote(request, clip)
 
 
+class StoredAudio(web.FileResponse):
+    """A FileResponse the handler can prepare itself (to see how sending
+    ends) without aiohttp preparing it a second time afterwards."""
+
+    async def prepare(self, request: web.BaseRequest):
+        if self.prepared:
+            return None
+        return await super().prepare(request)
+
+
 async def send_stored(request: web.Request, clip) -> web.StreamResponse:
     path = request.app[SETTINGS].media_dir / clip["media_path"]
     if not path.is_file():
         log.error("clip %s: stored audio %s is missing", clip["id"], path)
         raise Problem(404, f"The audio of clip {clip['id']} is missing")
-    response = web.FileResponse(
+    response = StoredAudio(
         path, chunk_size=CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
     )
     with tracked(request):

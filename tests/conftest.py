@@ -125,7 +125,8 @@ def settings(database_url, media_dir) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client, settings):
+async def client(settings, aiohttp_client):
+    # settings first: the app must close before its database is dropped
     return await aiohttp_client(create_app(settings), server_kwargs=SERVER_OPTIONS)
 
 

@@ -1,0 +1,337 @@
+"""GET/HEAD /clips/{id}/stream against a real origin on loopback and MEDIA_DIR."""
+
+import asyncio
+from collections import Counter, defaultdict
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+KIB = 1024
+
+
+@pytest.fixture
+def source_clip(make_clip, origin):
+    """make(source, file) -> clip id, for a remote or a stored clip of one file."""
+
+    async def make(source: str, name: str, content_type: str = "audio/mpeg") -> int:
+        if source == "remote":
+            return await make_clip(audio_url=str(origin.make_url(f"/audio/{name}")),
+                                   content_type=content_type)
+        return await make_clip(media_path=name, content_type=content_type)
+
+    return make
+
+
+async def plays_of(client, plays, clip_id: int) -> int:
+    await plays.flush()
+    response = await client.get(f"/clips/{clip_id}")
+    return (await response.json())["play_count"]
+
+
+async def problem(response, status: int) -> dict:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    body = await response.json()
+    assert body["status"] == status
+    return body
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+SOURCES = ["remote", "stored"]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("name", ["small.mp3", "big.mp3", "tune.wav"])
+async def test_body_is_byte_identical(client, source_clip, audio_dir, source, name):
+    clip_id = await source_clip(source, name)
+    response = await client.get(f"/clips/{clip_id}/stream")
+    body = await response.read()
+    assert response.status == 200
+    assert body == (audio_dir / name).read_bytes()
+    assert response.headers["Content-Length"] == str(len(body))
+    assert response.headers["Accept-Ranges"] == "bytes"
+    assert "ETag" in response.headers and "Last-Modified" in response.headers
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(
+    ("range_header", "start", "end"),
+    [("bytes=0-", 0, None), ("bytes=1000-1999", 1000, 2000), ("bytes=-500", -500, None),
+     ("bytes=3000000-", 3000000, None)],
+)
+async def test_range_forms(client, source_clip, audio_dir, source, range_header, start, end):
+    data = (audio_dir / "big.mp3").read_bytes()
+    clip_id = await source_clip(source, "big.mp3")
+    response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": range_header})
+    expected = data[start:end]
+    assert response.status == 206
+    assert await response.read() == expected
+    first = start if start >= 0 else len(data) + start
+    assert response.headers["Content-Range"] == (
+        f"bytes {first}-{first + len(expected) - 1}/{len(data)}"
+    )
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_unsatisfiable_range_is_416(client, source_clip, audio_dir, source):
+    clip_id = await source_clip(source, "small.mp3")
+    response = await client.get(
+        f"/clips/{clip_id}/stream", headers={"Range": "bytes=999999-"}
+    )
+    assert response.status == 416
+    assert response.headers["Content-Range"] == "bytes */10000"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_head_sends_headers_only_and_does_not_count(client, plays, source_clip, source):
+    clip_id = await source_clip(source, "big.mp3")
+    response = await client.head(f"/clips/{clip_id}/stream")
+    assert response.status == 200
+    assert response.headers["Content-Length"] == str(3 * 1024 * 1024 + 17)
+    assert await response.read() == b""
+    assert await plays_of(client, plays, clip_id) == 0
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_matching_etag_gives_304_and_does_not_count(client, plays, source_clip, source):
+    clip_id = await source_clip(source, "small.mp3")
+    first = await client.get(f"/clips/{clip_id}/stream")
+    await first.read()
+    etag = first.headers["ETag"]
+    again = await client.get(f"/clips/{clip_id}/stream", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert await again.read() == b""
+    assert await plays_of(client, plays, clip_id) == 1
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(
+    ("headers", "counts"),
+    [
+        ({}, True),
+        ({"Range": "bytes=0-"}, True),
+        ({"Range": "bytes=0-65535"}, True),
+        ({"Range": "bytes=0-1"}, False),  # Safari's probe before every real request
+        ({"Range": "bytes=0-65534"}, False),
+        ({"Range": "bytes=100-"}, False),  # a seek
+        ({"Range": "bytes=-100000"}, False),
+    ],
+)
+async def test_counting_rule(client, plays, source_clip, source, headers, counts):
+    clip_id = await source_clip(source, "big.mp3")
+    response = await client.get(f"/clips/{clip_id}/stream", headers=headers)
+    assert response.status in (200, 206)
+    await response.read()
+    assert await plays_of(client, plays, clip_id) == int(counts)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_whole_small_file_from_zero_counts(client, plays, source_clip, source):
+    """A clip shorter than 64 KiB fetched whole with bytes=0- is a real play."""
+    clip_id = await source_clip(source, "small.mp3")
+    response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=0-"})
+    assert response.status == 206
+    await response.read()
+    assert await plays_of(client, plays, clip_id) == 1
+
+
+async def test_plays_update_stats_and_metrics(client, plays, source_clip):
+    clip_id = await source_clip("stored", "small.mp3")
+    for _ in range(3):
+        await (await client.get(f"/clips/{clip_id}/stream")).read()
+    await (await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=5-"})).read()
+    assert await plays_of(client, plays, clip_id) == 3
+    stats = await (await client.get(f"/clips/{clip_id}/stats")).json()
+    assert stats["plays_by_day"][-1]["plays"] == 3
+    assert stats["last_played_at"] is not None
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "clips_plays_total") == 3
+    assert metric(text, 'clips_streams_started_total{source="stored"}') == 4
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_500_concurrent_streams_count_exactly_500(client, plays, source_clip, source):
+    clip_id = await source_clip(source, "small.mp3")
+    url = client.make_url(f"/clips/{clip_id}/stream")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def listen() -> int:
+            async with session.get(url) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(listen() for _ in range(500)))
+    assert statuses == [200] * 500
+    assert await plays_of(client, plays, clip_id) == 500
+
+
+async def test_unknown_clip_is_404(client):
+    await problem(await client.get("/clips/999999/stream"), 404)
+
+
+async def test_missing_stored_file_is_404(client, make_clip):
+    clip_id = await make_clip(media_path="gone.mp3")
+    body = await problem(await client.get(f"/clips/{clip_id}/stream"), 404)
+    assert "missing" in body["detail"]
+
+
+# --- Upstream faults -------------------------------------------------------
+
+
+class Faults:
+    """A misbehaving origin on loopback that records when each request ends."""
+
+    def __init__(self) -> None:
+        self.ended: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.get("/status/{code}", self.status),
+                web.get("/hang", self.hang),
+                web.get("/cut", self.cut),
+                web.get("/stall", self.stall),
+                web.get("/endless", self.endless),
+                web.get("/redirect", self.redirect),
+                web.get("/loop", self.loop),
+            ]
+        )
+
+    async def status(self, request):
+        return web.Response(status=int(request.match_info["code"]), text="nope")
+
+    async def hang(self, request):
+        try:
+            await asyncio.Event().wait()  # never answers
+        finally:
+            self.ended["hang"].set()
+
+    async def _partial(self, request, name: str) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        response.content_length = 200 * KIB
+        await response.prepare(request)
+        await response.write(b"x" * 50 * KIB)
+        return response
+
+    async def cut(self, request):
+        response = await self._partial(request, "cut")
+        request.transport.close()  # dies mid-body
+        self.ended["cut"].set()
+        return response
+
+    async def stall(self, request):
+        await self._partial(request, "stall")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.ended["stall"].set()
+
+    async def endless(self, request):
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(b"y" * 64 * KIB)
+        finally:
+            self.ended["endless"].set()
+
+    async def redirect(self, request):
+        raise web.HTTPFound(request.query["to"])
+
+    async def loop(self, request):
+        raise web.HTTPFound("/loop")
+
+
+@pytest.fixture
+async def faults(aiohttp_server):
+    faults = Faults()
+    faults.server = await aiohttp_server(faults.app)  # cancels handlers on disconnect
+    return faults
+
+
+async def within(event: asyncio.Event, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        await event.wait()
+
+
+async def settled_tasks(client) -> Counter[str]:
+    """The running tasks, after a request has opened the client's keep-alive
+    connection (whose server task is not a leak)."""
+    await (await client.get("/healthz")).read()
+    return Counter(repr(task.get_coro()).split(" at ")[0] for task in asyncio.all_tasks())
+
+
+@pytest.mark.parametrize("code", [404, 500, 503])
+async def test_origin_error_status_is_502(client, plays, make_clip, faults, code):
+    clip_id = await make_clip(audio_url=str(faults.server.make_url(f"/status/{code}")))
+    body = await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    assert str(code) in body["detail"]
+    assert await plays_of(client, plays, clip_id) == 0
+
+
+async def test_origin_down_is_502(client, plays, make_clip, unused_tcp_port):
+    clip_id = await make_clip(audio_url=f"http://127.0.0.1:{unused_tcp_port}/a.mp3")
+    await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    assert await plays_of(client, plays, clip_id) == 0
+
+
+async def test_origin_without_headers_in_time_is_504(client, plays, make_clip, faults):
+    clip_id = await make_clip(audio_url=str(faults.server.make_url("/hang")))
+    tasks = await settled_tasks(client)
+    async with asyncio.timeout(5):  # UPSTREAM_HEADERS_TIMEOUT is 1 s in tests
+        await problem(await client.get(f"/clips/{clip_id}/stream"), 504)
+    await within(faults.ended["hang"])  # the upstream request was abandoned
+    assert await plays_of(client, plays, clip_id) == 0
+    assert not await settled_tasks(client) - tasks  # no task left behind
+
+
+@pytest.mark.parametrize(("path", "reason"), [("/cut", "upstream_error"), ("/stall", "timeout")])
+async def test_origin_failing_mid_body_closes_the_stream(client, make_clip, faults, path, reason):
+    clip_id = await make_clip(audio_url=str(faults.server.make_url(path)))
+    async with asyncio.timeout(5):  # UPSTREAM_READ_TIMEOUT is 1 s in tests
+        response = await client.get(f"/clips/{clip_id}/stream")
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()  # cut short: fewer bytes than Content-Length
+    await within(faults.ended[path.strip("/")])
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, f'clips_streams_ended_total{{reason="{reason}"}}') == 1
+    assert metric(text, "clips_streams_in_flight") == 0
+
+
+async def test_client_going_away_releases_the_upstream_at_once(client, make_clip, faults):
+    clip_id = await make_clip(audio_url=str(faults.server.make_url("/endless")))
+    tasks = await settled_tasks(client)
+    response = await client.get(f"/clips/{clip_id}/stream")
+    assert len(await response.content.readexactly(64 * KIB)) == 64 * KIB
+    response.close()  # the listener leaves
+    await within(faults.ended["endless"], seconds=3)
+    async with asyncio.timeout(3):
+        while True:
+            text = await (await client.get("/metrics")).text()
+            if metric(text, "clips_streams_in_flight") == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert metric(text, 'clips_streams_ended_total{reason="client_gone"}') == 1
+    assert not await settled_tasks(client) - tasks  # no task left behind
+
+
+async def test_redirect_loop_is_502(client, make_clip, faults):
+    clip_id = await make_clip(audio_url=str(faults.server.make_url("/loop")))
+    body = await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    assert "redirects" in body["detail"]
+
+
+async def test_redirect_within_allowed_hosts_is_followed(client, make_clip, faults, origin,
+                                                         audio_dir):
+    target = origin.make_url("/audio/small.mp3")
+    clip_id = await make_clip(audio_url=str(faults.server.make_url(f"/redirect?to={target}")))
+    response = await client.get(f"/clips/{clip_id}/stream")
+    assert response.status == 200
+    assert await response.read() == (audio_dir / "small.mp3").read_bytes()
