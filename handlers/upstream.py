@@ -157,10 +157,15 @@ class Upstream:
         headers = {**headers, "Accept-Encoding": "identity"}
         for _ in range(self.max_redirects + 1):
             self.guard.check_url(target)
-            async with asyncio.timeout(self.headers_timeout):
-                response = await self.session.request(
-                    method, target, headers=headers, allow_redirects=False
-                )
+            try:
+                async with asyncio.timeout(self.headers_timeout):
+                    response = await self.session.request(
+                        method, target, headers=headers, allow_redirects=False
+                    )
+            except aiohttp.ClientConnectorError as error:
+                if isinstance(error.os_error, UpstreamRefused):
+                    raise error.os_error from None  # the resolver refused it
+                raise
             location = response.headers.get("Location")
             if response.status not in REDIRECTS or location is None:
                 return response
