@@ -61,8 +61,12 @@ class PlayCounter:
                 self._pending.update(batch)
                 delay = self.RETRY_DELAYS[min(failures, len(self.RETRY_DELAYS) - 1)]
                 failures += 1
-                log.warning("%d plays not written yet (%s); retrying in %.2fs",
-                            sum(batch.values()), error, delay)
+                log.warning(
+                    "%d plays not written yet (%s); retrying in %.2fs",
+                    sum(batch.values()),
+                    error,
+                    delay,
+                )
                 self._writing = False
                 await asyncio.sleep(delay)
                 self._wake.set()

@@ -10,11 +10,18 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-_HEADER = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$")
+_HEADER = re.compile(r"^--\s*name:\s*(\S+)\s*$", re.MULTILINE)
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 class QueryError(Exception):
     pass
+
+
+def _code(text: str) -> str:
+    """SQL without its comment lines."""
+    lines = (line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return "\n".join(lines).strip()
 
 
 class Queries(Mapping[str, str]):
@@ -24,27 +31,24 @@ class Queries(Mapping[str, str]):
     @classmethod
     def load(cls, directory: Path) -> "Queries":
         queries: dict[str, str] = {}
-        origin: dict[str, str] = {}
+        where: dict[str, str] = {}
         for path in sorted(directory.glob("*.sql")):
-            name, start, body = None, 0, []
-            lines = path.read_text(encoding="utf-8").splitlines()
-            for number, line in enumerate([*lines, "-- name: _end"], start=1):
-                header = _HEADER.match(line)
-                if header is None:
-                    body.append(line)
-                    continue
-                if name is not None:
-                    sql = "\n".join(l for l in body if not l.lstrip().startswith("--")).strip()
-                    if not sql:
-                        raise QueryError(f"{path}:{start}: query {name!r} is empty")
-                    if name in queries:
-                        raise QueryError(
-                            f"{path}:{start}: query {name!r} already defined at {origin[name]}"
-                        )
-                    queries[name], origin[name] = sql, f"{path}:{start}"
-                elif any(l.strip() and not l.lstrip().startswith("--") for l in body):
-                    raise QueryError(f"{path}:1: SQL before the first '-- name:' header")
-                name, start, body = header.group(1), number, []
+            text = path.read_text(encoding="utf-8")
+            headers = list(_HEADER.finditer(text))
+            if not headers or _code(text[: headers[0].start()]):
+                raise QueryError(f"{path}:1: SQL before the first '-- name:' header")
+            ends = [h.start() for h in headers[1:]] + [len(text)]
+            for header, end in zip(headers, ends, strict=True):
+                name, line = header[1], text.count("\n", 0, header.start()) + 1
+                here = f"{path}:{line}"
+                if not _NAME.fullmatch(name):
+                    raise QueryError(f"{here}: {name!r} is not a valid query name")
+                if name in queries:
+                    raise QueryError(f"{here}: query {name!r} already defined at {where[name]}")
+                sql = _code(text[header.end() : end])
+                if not sql:
+                    raise QueryError(f"{here}: query {name!r} is empty")
+                queries[name], where[name] = sql, here
         return cls(queries)
 
     def __getitem__(self, name: str) -> str:

@@ -140,7 +140,8 @@ async def send_remote(request: web.Request, clip) -> web.StreamResponse:
     except TimeoutError:
         raise Problem(504, "The clip's audio origin did not answer in time") from None
     except aiohttp.ClientError as error:
-        raise Problem(502, f"The clip's audio origin is unreachable ({type(error).__name__})") from None
+        reason = type(error).__name__
+        raise Problem(502, f"The clip's audio origin is unreachable ({reason})") from None
 
     async with origin:
         if origin.status == 416:

@@ -144,9 +144,7 @@ class Upstream:
             raise_for_status=False,
         )
 
-    async def open(
-        self, method: str, url: str, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+    async def open(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send the request and return the response once its headers are in,
         following a bounded number of redirects, each hop checked.
 

@@ -128,8 +128,9 @@ async def test_create_refuses_an_inward_audio_url(guarded_client, watched_origin
     assert listing == []
 
 
-async def test_redirect_to_an_internal_host_is_refused(settings, aiohttp_client, make_clip,
-                                                      watched_origin):
+async def test_redirect_to_an_internal_host_is_refused(
+    settings, aiohttp_client, make_clip, watched_origin
+):
     # Only the name "localhost" is allowed: the first hop goes there, and the
     # redirect to the same machine spelled as an IP literal must be refused.
     by_name = settings.model_copy(update={"upstream_allow": ("localhost",)})
