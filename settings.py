@@ -27,6 +27,11 @@ CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 class Settings(BaseModel, frozen=True, populate_by_name=True):
     host: str = Field("127.0.0.1", alias="HOST")
     port: int = Field(8000, alias="PORT", ge=1, le=65535)
+    # Processes serving the port together (SO_REUSEPORT), each with its own
+    # pool of DB_POOL_MAX connections.
+    workers: int = Field(1, alias="WORKERS", ge=1, le=64)
+    # Seconds in-flight requests get to finish after SIGTERM.
+    shutdown_grace: float = Field(30.0, alias="SHUTDOWN_GRACE", ge=0)
     # Unset means "start the embedded development PostgreSQL under .data/".
     database_url: str | None = Field(None, alias="DATABASE_URL")
     db_pool_min: int = Field(2, alias="DB_POOL_MIN", ge=0)
