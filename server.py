@@ -29,9 +29,12 @@ SERVER_OPTIONS = {"handler_cancellation": True}
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problems.middleware], client_max_size=MAX_JSON_BODY)
+    app = web.Application(
+        middlewares=[metrics.middleware, problems.middleware], client_max_size=MAX_JSON_BODY
+    )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(settings.metrics_max_clip_series)
+    app[METRICS].watch_pool(app)
     app.cleanup_ctx.extend(
         [migrate_ctx, pool_ctx, plays_ctx(on_commit=app[METRICS].plays.inc), upstream_ctx]
     )

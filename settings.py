@@ -46,6 +46,11 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    log_format: Literal["plain", "json"] = Field("plain", alias="LOG_FORMAT")
+    # Bearer token Prometheus must send to read /metrics; unset = open
+    # (then keep /metrics on the internal network).
+    metrics_token: str | None = Field(None, alias="METRICS_TOKEN", min_length=16)
+    metrics_max_clip_series: int = Field(500, alias="METRICS_MAX_CLIP_SERIES", ge=0)
     # Base of the absolute stream_url in clip bodies; unset means "derive it
     # from the request" (scheme and Host header).
     public_url: str | None = Field(None, alias="PUBLIC_URL")

@@ -13,6 +13,7 @@ count, nor does Safari's `bytes=0-1` probe.
 import asyncio
 import logging
 import re
+import time
 from contextlib import contextmanager
 
 import aiohttp
@@ -72,27 +73,37 @@ async def count_play(request: web.Request, response: web.StreamResponse) -> None
     metrics = request.app[METRICS]
     source = "stored" if isinstance(response, web.FileResponse) else "remote"
     request[STREAM_SOURCE] = source
-    metrics.streams_started.labels(source).inc()
+    metrics.streams_started.labels(metrics.clip_label(clip_id), source).inc()
     metrics.streams_in_flight.inc()
     if is_play(request.method, response.status, response.headers.get("Content-Range")):
         request.app[PLAYS].record(clip_id)
 
 
+class Outcome:
+    """How a started stream ended, and how many body bytes it sent."""
+
+    def __init__(self) -> None:
+        self.reason = "complete"
+        self.sent = 0
+
+
 @contextmanager
 def tracked(request: web.Request):
-    """Count how a started stream ends; yields a dict whose "reason" the
-    body loop sets when it stops early."""
-    outcome = {"reason": "complete"}
+    """Count how a started stream ends; the body loop sets the outcome's
+    reason when it stops early."""
+    outcome = Outcome()
     try:
         yield outcome
     except (asyncio.CancelledError, ConnectionError):
-        outcome["reason"] = "client_gone"
+        outcome.reason = "client_gone"
         raise
     finally:
-        if STREAM_SOURCE in request:
+        source = request.get(STREAM_SOURCE)
+        if source is not None:
             metrics = request.app[METRICS]
             metrics.streams_in_flight.dec()
-            metrics.streams_ended.labels(outcome["reason"]).inc()
+            metrics.streams_ended.labels(outcome.reason).inc()
+            metrics.stream_bytes.labels(source).inc(outcome.sent)
 
 
 @routes.get("/clips/{clip_id}/stream")
@@ -125,23 +136,33 @@ async def send_stored(request: web.Request, clip) -> web.StreamResponse:
     response = StoredAudio(
         path, chunk_size=CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
     )
-    with tracked(request):
+    with tracked(request) as outcome:
         await response.prepare(request)  # sendfile: returns once all is sent
+        outcome.sent = response.content_length or 0
     return response
 
 
 async def send_remote(request: web.Request, clip) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
+    metrics = request.app[METRICS]
     headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
+    started = time.perf_counter()
     try:
         origin = await upstream.open(request.method, clip["audio_url"], headers)
     except UpstreamRefused as refused:
+        metrics.upstream_requests.labels("refused").inc()
         raise Problem(502, f"The clip's audio origin is refused: {refused}") from None
     except TimeoutError:
+        metrics.upstream_requests.labels("timeout").inc()
         raise Problem(504, "The clip's audio origin did not answer in time") from None
     except aiohttp.ClientError as error:
+        metrics.upstream_requests.labels("connect_error").inc()
         reason = type(error).__name__
         raise Problem(502, f"The clip's audio origin is unreachable ({reason})") from None
+    metrics.upstream_ttfb.observe(time.perf_counter() - started)
+    metrics.upstream_requests.labels(
+        f"{origin.status // 100}xx" if origin.status >= 400 else "ok"
+    ).inc()
 
     async with origin:
         if origin.status == 416:
@@ -165,14 +186,15 @@ async def send_remote(request: web.Request, clip) -> web.StreamResponse:
             try:
                 async for chunk in origin.content.iter_chunked(CHUNK_BYTES):
                     await response.write(chunk)
+                    outcome.sent += len(chunk)
             except TimeoutError:
-                outcome["reason"] = "timeout"
+                outcome.reason = "timeout"
             except aiohttp.ClientError:
-                outcome["reason"] = "upstream_error"
-            if outcome["reason"] != "complete":
+                outcome.reason = "upstream_error"
+            if outcome.reason != "complete":
                 # Headers are gone: closing the connection is the only way
                 # left to tell the listener the body is cut short.
-                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome["reason"])
+                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
                 if request.transport is not None:
                     request.transport.close()
                 return response

@@ -159,7 +159,8 @@ async def test_plays_update_stats_and_metrics(client, plays, source_clip):
     assert stats["last_played_at"] is not None
     text = await (await client.get("/metrics")).text()
     assert metric(text, "clips_plays_total") == 3
-    assert metric(text, "clips_streams_started_total", source="stored") == 4
+    assert metric(text, "clips_streams_started_total", clip_id=str(clip_id), source="stored") == 4
+    assert metric(text, "clips_stream_bytes_total", source="stored") == 3 * 10_000 + 9_995
 
 
 @pytest.mark.parametrize("source", SOURCES)
