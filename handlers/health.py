@@ -25,10 +25,10 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         applied = await applied_migrations(request.app[POOL])
     except UNAVAILABLE as error:
-        raise Problem(503, f"database unreachable: {type(error).__name__}",
-                      headers={"Retry-After": "2"}) from None
+        raise Problem(
+            503, f"database unreachable: {type(error).__name__}", headers={"Retry-After": "2"}
+        ) from None
     missing = sorted(EXPECTED - applied)
     if missing:
         raise Problem(503, f"schema is behind: migrations not applied: {', '.join(missing)}")
     return web.json_response({"status": "ready", "migrations": len(applied)})
-
