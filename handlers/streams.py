@@ -21,6 +21,7 @@ from aiohttp import web
 
 from db import POOL, clips
 from db.plays import PLAYS
+from handlers.access import BODY_BYTES
 from handlers.metrics import METRICS
 from handlers.params import parse_id
 from handlers.problems import Problem
@@ -104,6 +105,7 @@ def tracked(request: web.Request):
             metrics.streams_in_flight.dec()
             metrics.streams_ended.labels(outcome.reason).inc()
             metrics.stream_bytes.labels(source).inc(outcome.sent)
+            request[BODY_BYTES] = outcome.sent
 
 
 @routes.get("/clips/{clip_id}/stream")
