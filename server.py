@@ -22,10 +22,8 @@ log = logging.getLogger(__name__)
 # JSON bodies are small; anything bigger is refused with 413 before parsing.
 MAX_JSON_BODY = 64 * 1024
 
-# Options of the HTTP server itself (also used by the tests' server):
-# cancel a handler when its client goes away, so an abandoned stream
-# releases its upstream connection at once.
-SERVER_OPTIONS = {"handler_cancellation": True}
+# Options of the HTTP server itself, shared with the tests' server.
+SERVER_OPTIONS = {"access_log_class": access.AccessLogger}
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -65,8 +63,11 @@ def serve(settings: Settings) -> None:
         reuse_port=settings.workers > 1,
         shutdown_timeout=settings.shutdown_grace,
         print=None,
-        access_log_class=access.AccessLogger,
         access_log=logging.getLogger("clips.access"),
+        # Cancel a handler when its client goes away, so an abandoned stream
+        # releases its upstream connection at once (aiohttp's test server
+        # always does this).
+        handler_cancellation=True,
         **SERVER_OPTIONS,
     )
 

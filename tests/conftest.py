@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from db import POOL, clips, migrate
 from db.embedded import start
@@ -125,9 +126,23 @@ def settings(database_url, media_dir) -> Settings:
 
 
 @pytest.fixture
-async def client(settings, aiohttp_client):
-    # settings first: the app must close before its database is dropped
-    return await aiohttp_client(create_app(settings), server_kwargs=SERVER_OPTIONS)
+def make_client(settings, aiohttp_client):
+    """Start the real app with `settings` on a loopback port; returns a client.
+
+    Depends on settings first: the app must close before its database is
+    dropped."""
+
+    async def make(settings: Settings = settings):
+        server = TestServer(create_app(settings))
+        await server.start_server(**SERVER_OPTIONS)
+        return await aiohttp_client(server)
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client()
 
 
 @pytest.fixture

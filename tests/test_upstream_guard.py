@@ -7,7 +7,6 @@ import yarl
 from aiohttp import web
 
 from handlers.upstream import UpstreamGuard, UpstreamRefused, literal_address
-from server import SERVER_OPTIONS, create_app
 
 # Every spelling of an internal address a URL can carry. {port} is the port
 # of a real origin listening on 127.0.0.1, so a guard that let one through
@@ -98,10 +97,9 @@ async def watched_origin(aiohttp_server):
 
 
 @pytest.fixture
-async def guarded_client(settings, aiohttp_client):
+async def guarded_client(settings, make_client):
     """The app with production's default: no internal address allowed."""
-    strict = settings.model_copy(update={"upstream_allow": ()})
-    return await aiohttp_client(create_app(strict), server_kwargs=SERVER_OPTIONS)
+    return await make_client(settings.model_copy(update={"upstream_allow": ()}))
 
 
 @pytest.mark.parametrize("template", INWARD)
@@ -129,12 +127,12 @@ async def test_create_refuses_an_inward_audio_url(guarded_client, watched_origin
 
 
 async def test_redirect_to_an_internal_host_is_refused(
-    settings, aiohttp_client, make_clip, watched_origin
+    settings, make_client, make_clip, watched_origin
 ):
     # Only the name "localhost" is allowed: the first hop goes there, and the
     # redirect to the same machine spelled as an IP literal must be refused.
     by_name = settings.model_copy(update={"upstream_allow": ("localhost",)})
-    client = await aiohttp_client(create_app(by_name), server_kwargs=SERVER_OPTIONS)
+    client = await make_client(by_name)
     target = f"http://127.0.0.1:{watched_origin.port}/a.mp3"
     clip_id = await make_clip(
         audio_url=f"http://localhost:{watched_origin.port}/redirect?to={target}"
