@@ -64,7 +64,7 @@ async def test_hostile_input_does_not_grow_the_number_of_series(client):
     await hostile_round(40)
     after = set(samples(await scrape(client)))
     assert after == before
-    for name, labels in after:
+    for _name, labels in after:
         for _, label_value in labels:
             assert "no/such" not in label_value and "hello" not in label_value
             assert "127.0.0.1" not in label_value
