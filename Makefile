@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 # production leaves UPSTREAM_ALLOW empty (public addresses only).
 export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
 
-.PHONY: run test lint check clean browser bench
+.PHONY: run test lint check clean test-deps bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,16 +24,22 @@ run: $(STAMP)
 	$(PY) -m db.seed
 	$(PY) server.py
 
-test: $(STAMP) browser
+test: $(STAMP) test-deps
 	$(PY) -m pytest
 
-# The end-to-end tests drive a real headless Chromium (Debian package).
-# Installed here when missing and possible; the tests say why they skip otherwise.
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ echo "installing chromium with apt-get"; apt-get update -qq && \
-		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; } || \
-		echo "chromium could not be installed: browser tests will skip"
+# Real programs some tests drive: headless Chromium (end-to-end playback) and
+# Prometheus (the dashboard's queries). Installed with apt-get when missing
+# and possible; the tests that need them say why they skip otherwise.
+TEST_PACKAGES := chromium prometheus
+test-deps:
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing with apt-get:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+				|| echo "apt-get failed: tests needing$$missing will skip"; \
+		else echo "cannot install$$missing: tests needing them will skip"; fi; \
+	fi
 
 # One-command benchmark against a real nginx origin (see bench/README.md).
 bench: $(STAMP)
