@@ -9,6 +9,7 @@ import sys
 from aiohttp import web
 
 from db import migrate, pool_ctx
+from db.clip_cache import clip_cache_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
@@ -35,7 +36,13 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics(settings.metrics_max_clip_series)
     app[METRICS].watch_pool(app)
     app.cleanup_ctx.extend(
-        [migrate_ctx, pool_ctx, plays_ctx(on_commit=app[METRICS].plays.inc), upstream_ctx]
+        [
+            migrate_ctx,
+            pool_ctx,
+            clip_cache_ctx,
+            plays_ctx(on_commit=app[METRICS].plays.inc),
+            upstream_ctx,
+        ]
     )
     app.on_response_prepare.extend([access.add_request_id, streams.count_play])
     app.add_routes([*health.routes, *clips.routes, *streams.routes, *metrics.routes(app[METRICS])])

@@ -43,6 +43,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Off behind PgBouncer in transaction mode: prepared statements do not
     # survive a server connection change there.
     db_statement_cache: bool = Field(True, alias="DB_STATEMENT_CACHE")
+    # Seconds a stream may use clip metadata read earlier (0 = always ask
+    # PostgreSQL); see db/clip_cache.py.
+    clip_cache_seconds: float = Field(5.0, alias="CLIP_CACHE_SECONDS", ge=0)
     migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
@@ -62,6 +65,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     upstream_read_timeout: float = Field(15.0, alias="UPSTREAM_READ_TIMEOUT", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
     upstream_max_connections: int = Field(256, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
+    # "proxy" pipes remote audio through the app; "redirect" counts the play
+    # and answers 302 to the clip's audio_url, so the bytes bypass the app.
+    stream_mode: Literal["proxy", "redirect"] = Field("proxy", alias="STREAM_MODE")
 
 
 SETTINGS = web.AppKey("SETTINGS", Settings)

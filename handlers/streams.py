@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import aiohttp
 from aiohttp import web
 
-from db import POOL, clips
+from db.clip_cache import CLIP_CACHE
 from db.plays import PLAYS
 from handlers.access import BODY_BYTES
 from handlers.metrics import METRICS
@@ -111,13 +111,35 @@ def tracked(request: web.Request):
 @routes.get("/clips/{clip_id}/stream")
 async def stream_clip(request: web.Request) -> web.StreamResponse:
     clip_id = parse_id(request.match_info["clip_id"])
-    clip = await clips.get_clip(request.app[POOL], clip_id)
+    clip = await request.app[CLIP_CACHE].get(clip_id)
     if clip is None:
         raise Problem(404, f"No clip has id {clip_id}")
     request[STREAM_CLIP] = clip_id
     if clip["media_path"] is not None:
         return await send_stored(request, clip)
+    if request.app[SETTINGS].stream_mode == "redirect":
+        return redirect_remote(request, clip)
     return await send_remote(request, clip)
+
+
+def redirect_remote(request: web.Request, clip) -> web.StreamResponse:
+    """STREAM_MODE=redirect: the bytes never pass through here, so the play
+    is judged by the request's Range, then the player goes to the origin."""
+    if is_play_request(request.method, request.headers.get("Range")):
+        request.app[PLAYS].record(clip["id"])
+    raise web.HTTPFound(clip["audio_url"], headers={"Cache-Control": "no-store"})
+
+
+def is_play_request(method: str, range_header: str | None) -> bool:
+    """is_play, read from the request: no Range, `bytes=0-` or `bytes=0-N`
+    spanning at least 64 KiB. (A whole file shorter than that, asked for
+    with a closed range, cannot be recognised without its size.)"""
+    if method != "GET":
+        return False
+    if range_header is None:
+        return True
+    match = re.fullmatch(r"bytes=0-(\d*)", range_header.strip())
+    return match is not None and (not match[1] or int(match[1]) + 1 >= MIN_PLAY_BYTES)
 
 
 class StoredAudio(web.FileResponse):

@@ -8,6 +8,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from db.plays import PLAYS
+
 KIB = 1024
 
 
@@ -25,8 +27,9 @@ def source_clip(make_clip, origin):
     return make
 
 
-async def plays_of(client, plays, clip_id: int) -> int:
-    await plays.flush()
+async def plays_of(client, clip_id: int) -> int:
+    """The play count a listener sees, once every recorded play is committed."""
+    await client.server.app[PLAYS].flush()
     response = await client.get(f"/clips/{clip_id}")
     return (await response.json())["play_count"]
 
@@ -96,17 +99,17 @@ async def test_unsatisfiable_range_is_416(client, source_clip, audio_dir, source
 
 
 @pytest.mark.parametrize("source", SOURCES)
-async def test_head_sends_headers_only_and_does_not_count(client, plays, source_clip, source):
+async def test_head_sends_headers_only_and_does_not_count(client, source_clip, source):
     clip_id = await source_clip(source, "big.mp3")
     response = await client.head(f"/clips/{clip_id}/stream")
     assert response.status == 200
     assert response.headers["Content-Length"] == str(3 * 1024 * 1024 + 17)
     assert await response.read() == b""
-    assert await plays_of(client, plays, clip_id) == 0
+    assert await plays_of(client, clip_id) == 0
 
 
 @pytest.mark.parametrize("source", SOURCES)
-async def test_matching_etag_gives_304_and_does_not_count(client, plays, source_clip, source):
+async def test_matching_etag_gives_304_and_does_not_count(client, source_clip, source):
     clip_id = await source_clip(source, "small.mp3")
     first = await client.get(f"/clips/{clip_id}/stream")
     await first.read()
@@ -114,7 +117,7 @@ async def test_matching_etag_gives_304_and_does_not_count(client, plays, source_
     again = await client.get(f"/clips/{clip_id}/stream", headers={"If-None-Match": etag})
     assert again.status == 304
     assert await again.read() == b""
-    assert await plays_of(client, plays, clip_id) == 1
+    assert await plays_of(client, clip_id) == 1
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -130,30 +133,30 @@ async def test_matching_etag_gives_304_and_does_not_count(client, plays, source_
         ({"Range": "bytes=-100000"}, False),
     ],
 )
-async def test_counting_rule(client, plays, source_clip, source, headers, counts):
+async def test_counting_rule(client, source_clip, source, headers, counts):
     clip_id = await source_clip(source, "big.mp3")
     response = await client.get(f"/clips/{clip_id}/stream", headers=headers)
     assert response.status in (200, 206)
     await response.read()
-    assert await plays_of(client, plays, clip_id) == int(counts)
+    assert await plays_of(client, clip_id) == int(counts)
 
 
 @pytest.mark.parametrize("source", SOURCES)
-async def test_whole_small_file_from_zero_counts(client, plays, source_clip, source):
+async def test_whole_small_file_from_zero_counts(client, source_clip, source):
     """A clip shorter than 64 KiB fetched whole with bytes=0- is a real play."""
     clip_id = await source_clip(source, "small.mp3")
     response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=0-"})
     assert response.status == 206
     await response.read()
-    assert await plays_of(client, plays, clip_id) == 1
+    assert await plays_of(client, clip_id) == 1
 
 
-async def test_plays_update_stats_and_metrics(client, plays, source_clip):
+async def test_plays_update_stats_and_metrics(client, source_clip):
     clip_id = await source_clip("stored", "small.mp3")
     for _ in range(3):
         await (await client.get(f"/clips/{clip_id}/stream")).read()
     await (await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=5-"})).read()
-    assert await plays_of(client, plays, clip_id) == 3
+    assert await plays_of(client, clip_id) == 3
     stats = await (await client.get(f"/clips/{clip_id}/stats")).json()
     assert stats["plays_by_day"][-1]["plays"] == 3
     assert stats["last_played_at"] is not None
@@ -164,7 +167,7 @@ async def test_plays_update_stats_and_metrics(client, plays, source_clip):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-async def test_500_concurrent_streams_count_exactly_500(client, plays, source_clip, source):
+async def test_500_concurrent_streams_count_exactly_500(client, source_clip, source):
     clip_id = await source_clip(source, "small.mp3")
     url = client.make_url(f"/clips/{clip_id}/stream")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -176,7 +179,7 @@ async def test_500_concurrent_streams_count_exactly_500(client, plays, source_cl
 
         statuses = await asyncio.gather(*(listen() for _ in range(500)))
     assert statuses == [200] * 500
-    assert await plays_of(client, plays, clip_id) == 500
+    assert await plays_of(client, clip_id) == 500
 
 
 async def test_unknown_clip_is_404(client):
@@ -275,26 +278,26 @@ async def settled_tasks(client) -> Counter[str]:
 
 
 @pytest.mark.parametrize("code", [404, 500, 503])
-async def test_origin_error_status_is_502(client, plays, make_clip, faults, code):
+async def test_origin_error_status_is_502(client, make_clip, faults, code):
     clip_id = await make_clip(audio_url=str(faults.server.make_url(f"/status/{code}")))
     body = await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
     assert str(code) in body["detail"]
-    assert await plays_of(client, plays, clip_id) == 0
+    assert await plays_of(client, clip_id) == 0
 
 
-async def test_origin_down_is_502(client, plays, make_clip, unused_tcp_port):
+async def test_origin_down_is_502(client, make_clip, unused_tcp_port):
     clip_id = await make_clip(audio_url=f"http://127.0.0.1:{unused_tcp_port}/a.mp3")
     await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
-    assert await plays_of(client, plays, clip_id) == 0
+    assert await plays_of(client, clip_id) == 0
 
 
-async def test_origin_without_headers_in_time_is_504(client, plays, make_clip, faults):
+async def test_origin_without_headers_in_time_is_504(client, make_clip, faults):
     clip_id = await make_clip(audio_url=str(faults.server.make_url("/hang")))
     tasks = await settled_tasks(client)
     async with asyncio.timeout(5):  # UPSTREAM_HEADERS_TIMEOUT is 1 s in tests
         await problem(await client.get(f"/clips/{clip_id}/stream"), 504)
     await within(faults.ended["hang"])  # the upstream request was abandoned
-    assert await plays_of(client, plays, clip_id) == 0
+    assert await plays_of(client, clip_id) == 0
     assert not await settled_tasks(client) - tasks  # no task left behind
 
 
@@ -341,5 +344,45 @@ async def test_redirect_within_allowed_hosts_is_followed(
     target = origin.make_url("/audio/small.mp3")
     clip_id = await make_clip(audio_url=str(faults.server.make_url(f"/redirect?to={target}")))
     response = await client.get(f"/clips/{clip_id}/stream")
+    assert response.status == 200
+    assert await response.read() == (audio_dir / "small.mp3").read_bytes()
+
+
+# --- STREAM_MODE=redirect --------------------------------------------------
+
+
+@pytest.fixture
+async def redirect_client(settings, make_client):
+    return await make_client(settings.model_copy(update={"stream_mode": "redirect"}))
+
+
+@pytest.mark.parametrize(
+    ("headers", "counts"),
+    [
+        ({}, True),
+        ({"Range": "bytes=0-"}, True),
+        ({"Range": "bytes=0-1"}, False),
+        ({"Range": "bytes=4096-"}, False),
+    ],
+)
+async def test_redirect_mode_counts_then_sends_the_player_to_the_origin(
+    redirect_client, make_clip, origin, audio_dir, headers, counts
+):
+    url = str(origin.make_url("/audio/big.mp3"))
+    clip_id = await make_clip(audio_url=url)
+    response = await redirect_client.get(
+        f"/clips/{clip_id}/stream", headers=headers, allow_redirects=False
+    )
+    assert response.status == 302
+    assert response.headers["Location"] == url
+    assert response.headers["Cache-Control"] == "no-store"
+    assert await plays_of(redirect_client, clip_id) == int(counts)
+    followed = await redirect_client.get(f"/clips/{clip_id}/stream")
+    assert await followed.read() == (audio_dir / "big.mp3").read_bytes()
+
+
+async def test_redirect_mode_still_serves_stored_clips(redirect_client, make_clip, audio_dir):
+    clip_id = await make_clip(media_path="small.mp3")
+    response = await redirect_client.get(f"/clips/{clip_id}/stream", allow_redirects=False)
     assert response.status == 200
     assert await response.read() == (audio_dir / "small.mp3").read_bytes()
