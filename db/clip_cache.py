@@ -3,7 +3,7 @@
 A stream needs its clip's source (URL or file) and content type, which
 rarely change: reading them from PostgreSQL on every request would put a
 database round trip in front of every first byte. Rows are kept for
-CLIP_CACHE_SECONDS; concurrent misses for one clip share a single query;
+CLIP_CACHE_SECONDS (0: ask every time); concurrent misses for one clip share a single query;
 and while PostgreSQL is unreachable, a row already known is served stale,
 so clips keep playing through a database restart (their plays wait in the
 PlayCounter). Unknown ids are never cached: a clip created a moment ago
@@ -49,7 +49,7 @@ class ClipCache:
         return row
 
     def _remember(self, clip_id: int, row: Record | None) -> None:
-        if row is None or self._ttl <= 0:
+        if row is None:
             self._rows.pop(clip_id, None)
             return
         self._rows[clip_id] = (time.monotonic(), row)
