@@ -80,8 +80,10 @@ def load_settings() -> Settings:
     variable, never a traceback.
     """
     load_dotenv()
+    # An empty variable (`METRICS_TOKEN=` in .env) means "use the default".
+    given = {name: value for name, value in os.environ.items() if value != ""}
     try:
-        return Settings.model_validate(dict(os.environ))
+        return Settings.model_validate(given)
     except ValidationError as error:
         lines = [
             f"invalid setting {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
