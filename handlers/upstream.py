@@ -66,22 +66,33 @@ class UpstreamGuard:
         if self.allows_name(host):
             return
         ip = literal_address(host)
+        if ip is None and is_localhost(host):
+            ip = LOOPBACK  # RFC 6761: such names always mean this machine
         if ip is not None and not self.allows_address(ip):
             raise UpstreamRefused(f"{host} is not a public address")
 
     async def check_url_resolving(self, url: yarl.URL, resolver: AbstractResolver) -> None:
-        """check_url, then resolve a host name and refuse it if no public
-        address remains."""
+        """check_url, then refuse a host name that resolves only to refused
+        addresses. A name that does not resolve right now is accepted: DNS
+        can be briefly down, and every connection is checked again anyway."""
         self.check_url(url)
         host = url.raw_host
-        if self.allows_name(host) or literal_address(host) is not None:
+        if self.allows_name(host) or is_localhost(host) or literal_address(host) is not None:
             return
         try:
             await resolver.resolve(host, url.port or 0, socket.AF_UNSPEC)
         except UpstreamRefused:
             raise
         except OSError:
-            raise UpstreamRefused(f"{host} does not resolve") from None
+            pass  # unresolvable for now: the connection-time check decides
+
+
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+def is_localhost(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost")
 
 
 def literal_address(host: str) -> IPAddress | None:

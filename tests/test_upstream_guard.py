@@ -141,3 +141,20 @@ async def test_redirect_to_an_internal_host_is_refused(
     assert response.status == 502
     assert "not a public address" in (await response.json())["detail"]
     assert [yarl.URL(u).path for u in watched_origin.seen] == ["/redirect"]
+
+
+async def test_a_name_that_does_not_resolve_yet_is_accepted_and_checked_when_played(
+    guarded_client,
+):
+    body = {
+        "title": "Later",
+        "genre": "rock",
+        "duration_seconds": 10,
+        "audio_url": "https://cdn.example.invalid/a.mp3",
+    }
+    created = await guarded_client.post("/clips", json=body)
+    assert created.status == 201
+    clip = await created.json()
+    response = await guarded_client.get(f"/clips/{clip['id']}/stream")
+    assert response.status == 502
+    assert response.content_type == "application/problem+json"
