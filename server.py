@@ -13,7 +13,7 @@ from db.clip_cache import clip_cache_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
-from handlers import access, clips, health, metrics, problems, streams
+from handlers import access, clips, health, metrics, openapi, problems, streams
 from handlers.metrics import METRICS, Metrics
 from handlers.upstream import upstream_ctx
 from settings import SETTINGS, Settings, load_settings
@@ -45,7 +45,15 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     app.on_response_prepare.extend([access.add_request_id, streams.count_play])
-    app.add_routes([*health.routes, *clips.routes, *streams.routes, *metrics.routes(app[METRICS])])
+    app.add_routes(
+        [
+            *health.routes,
+            *clips.routes,
+            *streams.routes,
+            *openapi.routes,
+            *metrics.routes(app[METRICS]),
+        ]
+    )
     return app
 
 

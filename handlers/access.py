@@ -20,9 +20,18 @@ BODY_BYTES = web.RequestKey("BODY_BYTES", int)
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
+def match_info_of(request: web.BaseRequest) -> web.UrlMappingMatchInfo | None:
+    """The router's match, or None for a request aiohttp rejected before
+    routing (a malformed request line or header)."""
+    try:
+        return request.match_info  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError):
+        return None
+
+
 def route_of(request: web.BaseRequest) -> str:
     """The route template that matched, never the raw path."""
-    match_info = getattr(request, "match_info", None)
+    match_info = match_info_of(request)
     resource = match_info.route.resource if match_info is not None else None
     return resource.canonical if resource is not None else "unmatched"
 
@@ -45,7 +54,8 @@ class AccessLogger(AbstractAccessLogger):
     bytes, clip_id, request_id. LOG_FORMAT=json renders them as JSON."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        clip_id = request.match_info.get("clip_id") if isinstance(request, web.Request) else None
+        match_info = match_info_of(request)
+        clip_id = match_info.get("clip_id") if match_info is not None else None
         fields = {
             "method": request.method,
             "route": route_of(request),

@@ -154,9 +154,13 @@ class StoredAudio(web.FileResponse):
 
 async def send_stored(request: web.Request, clip) -> web.StreamResponse:
     path = request.app[SETTINGS].media_dir / clip["media_path"]
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
         log.error("clip %s: stored audio %s is missing", clip["id"], path)
-        raise Problem(404, f"The audio of clip {clip['id']} is missing")
+        raise Problem(404, f"The audio of clip {clip['id']} is missing") from None
+    if (reason := unsatisfiable(request, stat.st_size, stat.st_mtime)) is not None:
+        raise Problem(416, reason, headers={"Content-Range": f"bytes */{stat.st_size}"})
     response = StoredAudio(
         path, chunk_size=CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
     )
@@ -164,6 +168,25 @@ async def send_stored(request: web.Request, clip) -> web.StreamResponse:
         await response.prepare(request)  # sendfile: returns once all is sent
         outcome.sent = response.content_length or 0
     return response
+
+
+def unsatisfiable(request: web.Request, size: int, mtime: float) -> str | None:
+    """Why FileResponse would answer 416 (with an empty body), so that the
+    answer can be a problem like every other error. Mirrors its rules: a
+    Range is ignored when If-Range is older than the file, a suffix range
+    is always satisfiable, any other must start inside the file."""
+    if "Range" not in request.headers:
+        return None
+    if_range = request.if_range
+    if if_range is not None and mtime > if_range.timestamp():
+        return None
+    try:
+        start = request.http_range.start
+    except ValueError:
+        return f"Range {request.headers['Range'][:100]!r} is malformed"
+    if start is None or (start < 0 and request.http_range.stop is None) or start < size:
+        return None
+    return f"Range starts at byte {start}, past the audio's {size} bytes"
 
 
 async def send_remote(request: web.Request, clip) -> web.StreamResponse:

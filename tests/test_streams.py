@@ -96,6 +96,16 @@ async def test_unsatisfiable_range_is_416(client, source_clip, audio_dir, source
     response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=999999-"})
     assert response.status == 416
     assert response.headers["Content-Range"] == "bytes */10000"
+    assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("value", ["", "bytes=abc", "bytes=5-3", "items=0-10"])
+async def test_malformed_range_is_416_problem(client, source_clip, source, value):
+    clip_id = await source_clip(source, "small.mp3")
+    response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": value})
+    assert response.status == 416
+    assert response.content_type == "application/problem+json"
 
 
 @pytest.mark.parametrize("source", SOURCES)
