@@ -5,7 +5,7 @@ import binascii
 import json
 import mimetypes
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yarl
 from aiohttp import web
