@@ -13,7 +13,7 @@ from db.clip_cache import clip_cache_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
-from handlers import access, clips, health, metrics, openapi, problems, streams
+from handlers import access, auth, clips, cors, health, metrics, openapi, problems, streams
 from handlers.metrics import METRICS, Metrics
 from handlers.upstream import upstream_ctx
 from settings import SETTINGS, Settings, load_settings
@@ -29,10 +29,22 @@ SERVER_OPTIONS = {"access_log_class": access.AccessLogger}
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[access.middleware, metrics.middleware, problems.middleware],
+        middlewares=[
+            access.middleware,
+            metrics.middleware,
+            problems.middleware,
+            cors.middleware,
+            auth.middleware,
+        ],
         client_max_size=MAX_JSON_BODY,
     )
     app[SETTINGS] = settings
+    app[auth.ACCESS] = auth.Access(
+        auth.ApiKeys(settings.api_key_entries()),
+        auth.StreamSigner(settings.stream_url_secret, settings.stream_url_ttl),
+    )
+    if not app[auth.ACCESS].keys:
+        log.warning("API_KEYS is not set: anyone who can reach this server may use the API")
     app[METRICS] = Metrics(settings.metrics_max_clip_series)
     app[METRICS].watch_pool(app)
     app.cleanup_ctx.extend(
@@ -44,7 +56,7 @@ def create_app(settings: Settings) -> web.Application:
             upstream_ctx,
         ]
     )
-    app.on_response_prepare.extend([access.add_request_id, streams.count_play])
+    app.on_response_prepare.extend([access.add_request_id, cors.add_headers, streams.count_play])
     app.add_routes(
         [
             *health.routes,

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from aiohttp import web
 from dotenv import load_dotenv
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 ROOT = Path(__file__).resolve().parent
 
@@ -69,6 +69,39 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # and answers 302 to the clip's audio_url, so the bytes bypass the app.
     stream_mode: Literal["proxy", "redirect"] = Field("proxy", alias="STREAM_MODE")
 
+    # Access control (handlers/auth.py). No keys: the API is open.
+    api_keys: str | None = Field(None, alias="API_KEYS", repr=False)
+    api_keys_file: Path | None = Field(None, alias="API_KEYS_FILE")
+    # Comma-separated; the first signs stream URLs, all verify (rotation).
+    stream_url_secret: CommaList = Field((), alias="STREAM_URL_SECRET", repr=False)
+    stream_url_ttl: int = Field(21600, alias="STREAM_URL_TTL", ge=60)
+    cors_origins: CommaList = Field((), alias="CORS_ORIGINS")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, alias="MAX_UPLOAD_BYTES", ge=1024)
+
+    def api_key_entries(self) -> list[tuple[str, str]]:
+        """(role, key) pairs from API_KEYS and API_KEYS_FILE."""
+        from handlers.auth import parse_keys  # the format lives with its user
+
+        entries = parse_keys(self.api_keys or "", "API_KEYS")
+        if self.api_keys_file is not None:
+            try:
+                text = self.api_keys_file.read_text()
+            except OSError as error:
+                raise ValueError(f"API_KEYS_FILE: cannot read it ({error.strerror})") from None
+            entries += parse_keys(text, "API_KEYS_FILE")
+        return entries
+
+    @model_validator(mode="after")
+    def _keys_are_usable(self) -> "Settings":
+        if self.api_key_entries() and not self.stream_url_secret:
+            raise ValueError(
+                "STREAM_URL_SECRET is required with API keys: it signs the stream URLs"
+                " that let <audio> play without a key"
+            )
+        if any(len(secret) < 16 for secret in self.stream_url_secret):
+            raise ValueError("STREAM_URL_SECRET: each secret needs 16+ characters")
+        return self
+
 
 SETTINGS = web.AppKey("SETTINGS", Settings)
 
@@ -85,8 +118,9 @@ def load_settings() -> Settings:
     try:
         return Settings.model_validate(given)
     except ValidationError as error:
+        # Only the variable and the reason: values may be secrets.
         lines = [
-            f"invalid setting {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-            for e in error.errors()
+            f"invalid setting {'.'.join(str(p) for p in e['loc']) or 'combination'}: {e['msg']}"
+            for e in error.errors(include_input=False)
         ]
         raise SystemExit("\n".join(lines)) from None

@@ -13,6 +13,7 @@ from asyncpg import Record
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from db import POOL, clips
+from handlers.auth import ACCESS
 from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query
 from handlers.problems import Problem
 from handlers.upstream import UPSTREAM, UpstreamRefused
@@ -58,7 +59,14 @@ def base_url(request: web.Request) -> str:
     return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
 
-def render_clip(clip: Record, base: str) -> dict[str, object]:
+def stream_url(request: web.Request, clip_id: int) -> str:
+    """The clip's stream URL, signed when stream URLs are (see handlers/auth)."""
+    url = yarl.URL(f"{base_url(request)}/clips/{clip_id}/stream")
+    signer = request.app[ACCESS].signer
+    return str(url.with_query(signer.sign(clip_id)) if signer else url)
+
+
+def render_clip(request: web.Request, clip: Record) -> dict[str, object]:
     last_played = clip["last_played_at"]
     return {
         "id": clip["id"],
@@ -71,7 +79,7 @@ def render_clip(clip: Record, base: str) -> dict[str, object]:
         "play_count": clip["play_count"],
         "last_played_at": last_played.isoformat() if last_played else None,
         "created_at": clip["created_at"].isoformat(),
-        "stream_url": f"{base}/clips/{clip['id']}/stream",
+        "stream_url": stream_url(request, clip["id"]),
     }
 
 
@@ -130,14 +138,13 @@ async def list_clips(request: web.Request) -> web.Response:
         limit=query.limit + 1,  # one more tells whether a next page exists
     )
     page, more = rows[: query.limit], len(rows) > query.limit
-    base = base_url(request)
     headers = {}
     if more:
-        next_url = yarl.URL(base + request.path).with_query(
+        next_url = yarl.URL(base_url(request) + request.path).with_query(
             {**request.query, "cursor": encode_cursor(query.sort, page[-1])}
         )
         headers["Link"] = f'<{next_url}>; rel="next"'
-    return web.json_response([render_clip(c, base) for c in page], headers=headers)
+    return web.json_response([render_clip(request, c) for c in page], headers=headers)
 
 
 @routes.get("/clips/{clip_id}")
@@ -146,7 +153,7 @@ async def show_clip(request: web.Request) -> web.Response:
     clip = await clips.get_clip(request.app[POOL], clip_id)
     if clip is None:
         raise Problem(404, f"No clip has id {clip_id}")
-    return web.json_response(render_clip(clip, base_url(request)))
+    return web.json_response(render_clip(request, clip))
 
 
 @routes.get("/clips/{clip_id}/stats")
@@ -155,7 +162,7 @@ async def clip_stats(request: web.Request) -> web.Response:
     stats = await clips.get_clip_stats(request.app[POOL], clip_id)
     if stats is None:
         raise Problem(404, f"No clip has id {clip_id}")
-    body = render_clip(stats, base_url(request))
+    body = render_clip(request, stats)
     body["plays_by_day"] = [
         {"date": day.isoformat(), "plays": plays}
         for day, plays in zip(stats["days"], stats["plays"], strict=True)
@@ -187,7 +194,7 @@ async def create_clip(request: web.Request) -> web.Response:
         media_path=None,
         content_type=content_type,
     )
-    body = render_clip(clip, base_url(request))
+    body = render_clip(request, clip)
     return web.json_response(
         body, status=201, headers={"Location": f"{base_url(request)}/clips/{clip['id']}"}
     )

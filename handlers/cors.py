@@ -1,0 +1,52 @@
+"""CORS for browser front ends on other origins (CORS_ORIGINS).
+
+Preflights are answered here, before authentication (browsers send them
+without credentials). Actual responses get their headers in
+on_response_prepare, the one place that also reaches streams, whose headers
+are sent before the handler returns.
+"""
+
+from aiohttp import web
+
+from handlers.problems import Problem
+from settings import SETTINGS
+
+ALLOW_METHODS = "GET, HEAD, POST, PATCH, DELETE"
+ALLOW_HEADERS = (
+    "Authorization, X-API-Key, Content-Type, Range, If-Match, If-None-Match, X-Request-ID"
+)
+EXPOSE_HEADERS = "Link, Location, ETag, Content-Range, Accept-Ranges, Content-Length, X-Request-ID"
+MAX_AGE = "600"
+
+
+def _allowed(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    return origin if origin is not None and origin in request.app[SETTINGS].cors_origins else None
+
+
+@web.middleware
+async def middleware(request: web.Request, handler) -> web.StreamResponse:
+    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return await handler(request)
+    origin = _allowed(request)
+    if origin is None:
+        raise Problem(403, "This origin may not call the API (CORS_ORIGINS)")
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": MAX_AGE,
+            "Vary": "Origin",
+        },
+    )
+
+
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: allow an allowed origin to read the response."""
+    origin = _allowed(request)
+    if origin is not None and "Access-Control-Allow-Origin" not in response.headers:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        response.headers.add("Vary", "Origin")
