@@ -1,5 +1,6 @@
 """Queries on the `clips` table."""
 
+from datetime import datetime
 from typing import Literal
 
 from asyncpg import Connection, Pool, Record
@@ -42,6 +43,9 @@ async def create_clip(
     audio_url: str | None,
     media_path: str | None,
     content_type: str,
+    size_bytes: int | None = None,
+    sha256: str | None = None,
+    bitrate: int | None = None,
 ) -> Record:
     return await conn.fetchrow(
         SQL["create_clip"],
@@ -52,4 +56,24 @@ async def create_clip(
         audio_url,
         media_path,
         content_type,
+        size_bytes,
+        sha256,
+        bitrate,
     )
+
+
+async def update_clip(
+    conn: Conn, clip_id: int, version: datetime, changes: dict[str, object]
+) -> Record | None:
+    """Apply `changes` (title, description, genre, duration_seconds,
+    audio_url, content_type) if the clip's version is still `version`."""
+    fields = ("title", "description", "genre", "duration_seconds", "audio_url", "content_type")
+    return await conn.fetchrow(
+        SQL["update_clip"], clip_id, *(changes.get(f) for f in fields), version
+    )
+
+
+async def delete_clip(conn: Conn, clip_id: int, version: datetime) -> Record | None:
+    """Delete the clip if its version is still `version`; returns its
+    media_path (None for remote audio), or no row."""
+    return await conn.fetchrow(SQL["delete_clip"], clip_id, version)

@@ -1,4 +1,4 @@
-"""The clip catalogue: list, show, stats, create."""
+"""The clip catalogue: list, show, stats, create (remote URL or upload), edit, delete."""
 
 import base64
 import binascii
@@ -13,8 +13,10 @@ from asyncpg import Record
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from db import POOL, clips
+from db.clip_cache import CLIP_CACHE
+from handlers import uploads
 from handlers.auth import ACCESS
-from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query
+from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query, validate
 from handlers.problems import Problem
 from handlers.upstream import UPSTREAM, UpstreamRefused
 from settings import SETTINGS
@@ -34,24 +36,53 @@ class ListQuery(BaseModel):
     cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
-class NewClip(BaseModel, extra="forbid"):
-    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
-    genre: Genre
-    duration_seconds: float = Field(gt=0, le=86400, strict=True)
-    audio_url: Annotated[str, StringConstraints(max_length=2048)]
-    content_type: Annotated[str, StringConstraints(pattern=CONTENT_TYPE)] | None = None
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
+AudioUrl = Annotated[str, StringConstraints(max_length=2048)]
+ContentType = Annotated[str, StringConstraints(pattern=CONTENT_TYPE)]
 
-    @field_validator("audio_url")
-    @classmethod
-    def _absolute_http_url(cls, value: str) -> str:
-        try:
-            url = yarl.URL(value)
-        except ValueError as error:
-            raise ValueError(f"not a URL: {error}") from None
-        if url.scheme not in ("http", "https") or not url.raw_host:
-            raise ValueError("must be an absolute http:// or https:// URL")
-        return value
+
+def _absolute_http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        url = yarl.URL(value)
+    except ValueError as error:
+        raise ValueError(f"not a URL: {error}") from None
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+class UploadForm(BaseModel, extra="forbid"):
+    """The text fields of a multipart upload; the audio file is the rest."""
+
+    title: Title
+    description: Description = ""
+    genre: Genre
+
+
+class NewClip(UploadForm):
+    """A clip whose audio stays at a remote URL."""
+
+    duration_seconds: float = Field(gt=0, le=86400, strict=True)
+    audio_url: AudioUrl
+    content_type: ContentType | None = None
+
+    _url = field_validator("audio_url")(_absolute_http_url)
+
+
+class ClipChanges(BaseModel, extra="forbid"):
+    """PATCH /clips/{id}: the fields to change, validated like a new clip."""
+
+    title: Title | None = None
+    description: Description | None = None
+    genre: Genre | None = None
+    duration_seconds: float | None = Field(None, gt=0, le=86400, strict=True)
+    audio_url: AudioUrl | None = None
+    content_type: ContentType | None = None
+
+    _url = field_validator("audio_url")(_absolute_http_url)
 
 
 def base_url(request: web.Request) -> str:
@@ -79,8 +110,25 @@ def render_clip(request: web.Request, clip: Record) -> dict[str, object]:
         "play_count": clip["play_count"],
         "last_played_at": last_played.isoformat() if last_played else None,
         "created_at": clip["created_at"].isoformat(),
+        "size_bytes": clip["size_bytes"],
+        "sha256": clip["sha256"],
+        "bitrate": clip["bitrate"],
         "stream_url": stream_url(request, clip["id"]),
     }
+
+
+def etag(clip: Record) -> str:
+    """The version of a clip's metadata (not of its play count)."""
+    return f'"{clip["id"]}-{clip["updated_at"].timestamp():.6f}"'
+
+
+def check_version(request: web.Request, clip: Record) -> None:
+    """If-Match: change the clip only if nobody changed it since."""
+    wanted = request.headers.get("If-Match")
+    if wanted is not None and wanted.strip() != "*" and etag(clip) not in wanted.split(","):
+        raise Problem(
+            412, "The clip changed since you read it; fetch it again", headers={"ETag": etag(clip)}
+        )
 
 
 def encode_cursor(sort: clips.Sort, clip: Record) -> str:
@@ -153,7 +201,7 @@ async def show_clip(request: web.Request) -> web.Response:
     clip = await clips.get_clip(request.app[POOL], clip_id)
     if clip is None:
         raise Problem(404, f"No clip has id {clip_id}")
-    return web.json_response(render_clip(request, clip))
+    return web.json_response(render_clip(request, clip), headers={"ETag": etag(clip)})
 
 
 @routes.get("/clips/{clip_id}/stats")
@@ -173,18 +221,32 @@ async def clip_stats(request: web.Request) -> web.Response:
 @routes.post("/clips")
 @routes.post("/clips/")
 async def create_clip(request: web.Request) -> web.Response:
-    new = await parse_json(NewClip, request)
+    if request.content_type == "multipart/form-data":
+        clip = await create_uploaded(request)
+    else:
+        clip = await create_remote(request)
+    location = f"{base_url(request)}/clips/{clip['id']}"
+    return web.json_response(
+        render_clip(request, clip), status=201, headers={"Location": location, "ETag": etag(clip)}
+    )
+
+
+async def check_audio_url(request: web.Request, audio_url: str) -> None:
     upstream = request.app[UPSTREAM]
     try:
-        await upstream.guard.check_url_resolving(yarl.URL(new.audio_url), upstream.resolver)
+        await upstream.guard.check_url_resolving(yarl.URL(audio_url), upstream.resolver)
     except UpstreamRefused as refused:
         raise Problem(
             400,
             f"audio_url is refused: {refused}",
             errors=[{"field": "audio_url", "reason": str(refused)}],
         ) from None
-    content_type = new.content_type or guess_audio_type(new.audio_url)
-    clip = await clips.create_clip(
+
+
+async def create_remote(request: web.Request) -> Record:
+    new = await parse_json(NewClip, request)
+    await check_audio_url(request, new.audio_url)
+    return await clips.create_clip(
         request.app[POOL],
         title=new.title,
         description=new.description,
@@ -192,12 +254,68 @@ async def create_clip(request: web.Request) -> web.Response:
         duration_seconds=new.duration_seconds,
         audio_url=new.audio_url,
         media_path=None,
-        content_type=content_type,
+        content_type=new.content_type or guess_audio_type(new.audio_url),
     )
-    body = render_clip(request, clip)
-    return web.json_response(
-        body, status=201, headers={"Location": f"{base_url(request)}/clips/{clip['id']}"}
-    )
+
+
+async def create_uploaded(request: web.Request) -> Record:
+    settings = request.app[SETTINGS]
+    async with uploads.receive(request, settings.media_dir, settings.max_upload_bytes) as upload:
+        form = validate(UploadForm, upload.fields, "form fields")
+        clip = await clips.create_clip(
+            request.app[POOL],
+            title=form.title,
+            description=form.description,
+            genre=form.genre,
+            duration_seconds=upload.duration_seconds,
+            audio_url=None,
+            media_path=upload.name,
+            content_type=upload.content_type,
+            size_bytes=upload.size_bytes,
+            sha256=upload.sha256,
+            bitrate=upload.bitrate,
+        )
+        upload.keep()
+    return clip
+
+
+@routes.patch("/clips/{clip_id}")
+async def update_clip(request: web.Request) -> web.Response:
+    clip_id = parse_id(request.match_info["clip_id"])
+    changes = (await parse_json(ClipChanges, request)).model_dump(exclude_none=True)
+    clip = await clips.get_clip(request.app[POOL], clip_id)
+    if clip is None:
+        raise Problem(404, f"No clip has id {clip_id}")
+    check_version(request, clip)
+    if "audio_url" in changes:
+        if clip["media_path"] is not None:
+            raise Problem(
+                400,
+                "This clip's audio is stored here; it has no audio_url to change",
+                errors=[{"field": "audio_url", "reason": "stored audio"}],
+            )
+        await check_audio_url(request, changes["audio_url"])
+    updated = await clips.update_clip(request.app[POOL], clip_id, clip["updated_at"], changes)
+    if updated is None:
+        raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
+    request.app[CLIP_CACHE].forget(clip_id)
+    return web.json_response(render_clip(request, updated), headers={"ETag": etag(updated)})
+
+
+@routes.delete("/clips/{clip_id}")
+async def delete_clip(request: web.Request) -> web.Response:
+    clip_id = parse_id(request.match_info["clip_id"])
+    clip = await clips.get_clip(request.app[POOL], clip_id)
+    if clip is None:
+        raise Problem(404, f"No clip has id {clip_id}")
+    check_version(request, clip)
+    deleted = await clips.delete_clip(request.app[POOL], clip_id, clip["updated_at"])
+    if deleted is None:
+        raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
+    request.app[CLIP_CACHE].forget(clip_id)
+    if deleted["media_path"] is not None:
+        (request.app[SETTINGS].media_dir / deleted["media_path"]).unlink(missing_ok=True)
+    return web.Response(status=204)
 
 
 def guess_audio_type(url: str) -> str:

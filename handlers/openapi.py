@@ -9,7 +9,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from handlers.clips import NewClip
+from handlers.clips import ClipChanges, NewClip, UploadForm
 
 routes = web.RouteTableDef()
 
@@ -61,14 +61,36 @@ def clip_schema() -> dict:
             "play_count": {"type": "integer", "minimum": 0},
             "last_played_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
             "created_at": TIMESTAMP,
+            "size_bytes": {"type": ["integer", "null"], "description": "uploaded audio only"},
+            "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+            "bitrate": {"type": ["integer", "null"], "description": "bits per second"},
             "stream_url": {"type": "string", "format": "uri"},
         },
     }
 
 
+def body_schema(model) -> dict:
+    schema = model.model_json_schema()
+    schema.pop("title", None)
+    return schema
+
+
+def upload_schema() -> dict:
+    schema = body_schema(UploadForm)
+    schema["properties"]["audio"] = {"type": "string", "format": "binary"}
+    schema["required"] = [*schema.get("required", []), "audio"]
+    return schema
+
+
+CLIP_RESPONSE = {
+    "description": "The clip; ETag is the version of its metadata",
+    "headers": {"ETag": {"schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Clip"}}},
+}
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}}
+
+
 def document() -> dict:
-    new_clip = NewClip.model_json_schema()
-    new_clip.pop("title", None)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -115,10 +137,13 @@ def document() -> dict:
                 },
                 "post": {
                     "operationId": "createClip",
-                    "summary": "Add a clip whose audio is at a remote URL",
+                    "summary": "Add a clip: JSON with a remote audio_url, or an upload",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": new_clip}},
+                        "content": {
+                            "application/json": {"schema": body_schema(NewClip)},
+                            "multipart/form-data": {"schema": upload_schema()},
+                        },
                     },
                     "responses": {
                         "201": {
@@ -133,6 +158,7 @@ def document() -> dict:
                         "400": PROBLEM,
                         "413": PROBLEM,
                         "415": PROBLEM,
+                        "422": PROBLEM,
                         "503": PROBLEM,
                     },
                 },
@@ -142,19 +168,42 @@ def document() -> dict:
                     "operationId": "getClip",
                     "parameters": [CLIP_ID],
                     "responses": {
-                        "200": {
-                            "description": "The clip",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Clip"}
-                                }
-                            },
-                        },
+                        "200": CLIP_RESPONSE,
                         "400": PROBLEM,
                         "404": PROBLEM,
                         "503": PROBLEM,
                     },
-                }
+                },
+                "patch": {
+                    "operationId": "updateClip",
+                    "summary": "Change some fields; If-Match with the ETag guards lost updates",
+                    "parameters": [CLIP_ID, IF_MATCH],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": body_schema(ClipChanges)}},
+                    },
+                    "responses": {
+                        "200": CLIP_RESPONSE,
+                        "400": PROBLEM,
+                        "404": PROBLEM,
+                        "412": PROBLEM,
+                        "413": PROBLEM,
+                        "415": PROBLEM,
+                        "503": PROBLEM,
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteClip",
+                    "summary": "Delete the clip and its stored audio",
+                    "parameters": [CLIP_ID, IF_MATCH],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "400": PROBLEM,
+                        "404": PROBLEM,
+                        "412": PROBLEM,
+                        "503": PROBLEM,
+                    },
+                },
             },
             "/clips/{clip_id}/stats": {
                 "get": {
@@ -282,7 +331,23 @@ def document() -> dict:
     }
 
 
-DOCUMENT = document()
+def with_access_control(doc: dict) -> dict:
+    """Every /clips operation needs a key when API_KEYS is set (streams also
+    open with a signed URL), and answers 401/403 then."""
+    doc["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    for path, item in doc["paths"].items():
+        if path.startswith("/clips"):
+            for operation in item.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}, {}]
+                operation["responses"].setdefault("401", PROBLEM)
+                operation["responses"].setdefault("403", PROBLEM)
+    return doc
+
+
+DOCUMENT = with_access_control(document())
 
 
 @routes.get("/openapi.json")

@@ -36,11 +36,15 @@ def _invalid(error: ValidationError, where: str) -> Problem:
     return Problem(400, f"Invalid {where}: {fields}", errors=errors)
 
 
-def parse_query(model: type[Model], request: web.Request) -> Model:
+def validate(model: type[Model], data: object, where: str) -> Model:
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(data)
     except ValidationError as error:
-        raise _invalid(error, "query parameters") from None
+        raise _invalid(error, where) from None
+
+
+def parse_query(model: type[Model], request: web.Request) -> Model:
+    return validate(model, dict(request.query), "query parameters")
 
 
 async def parse_json(model: type[Model], request: web.Request) -> Model:
@@ -57,7 +61,4 @@ async def parse_json(model: type[Model], request: web.Request) -> Model:
         raise Problem(400, f"The body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise Problem(400, "The body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as error:
-        raise _invalid(error, "body") from None
+    return validate(model, data, "body")

@@ -1,7 +1,7 @@
 -- name: get_clip
 -- One clip, or no row.
 SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at
+       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
 FROM clips
 WHERE id = $1;
 
@@ -9,7 +9,7 @@ WHERE id = $1;
 -- A page of clips, newest first. $1 genre, $2 ILIKE pattern (both optional),
 -- $3/$4 the keyset cursor (created_at, id) of the last row already seen, $5 limit.
 SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at
+       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
@@ -20,7 +20,7 @@ LIMIT $5;
 -- name: list_clips_popular
 -- A page of clips, most played first; cursor ($3, $4) = (play_count, id).
 SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at
+       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
@@ -31,7 +31,7 @@ LIMIT $5;
 -- name: list_clips_title
 -- A page of clips in title order; cursor ($3, $4) = (title, id).
 SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at
+       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
@@ -40,17 +40,20 @@ ORDER BY title, id
 LIMIT $5;
 
 -- name: create_clip
--- Insert one clip and return it as get_clip does.
-INSERT INTO clips (title, description, genre, duration_seconds, audio_url, media_path, content_type)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+-- Insert one clip and return it as get_clip does; $8-$10 (size, SHA-256,
+-- bitrate) are known for uploaded audio only.
+INSERT INTO clips (title, description, genre, duration_seconds, audio_url, media_path,
+                   content_type, size_bytes, sha256, bitrate)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING id, title, description, genre, duration_seconds, audio_url, media_path,
-          content_type, play_count, last_played_at, created_at;
+          content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at;
 
 -- name: get_clip_stats
 -- One clip with its plays per UTC day for the last 30 days (zeros included,
 -- oldest first), or no row.
 SELECT c.id, c.title, c.description, c.genre, c.duration_seconds, c.audio_url, c.media_path,
        c.content_type, c.play_count, c.last_played_at, c.created_at,
+       c.size_bytes, c.sha256, c.bitrate, c.updated_at,
        daily.days, daily.plays
 FROM clips c
 CROSS JOIN LATERAL (
@@ -73,3 +76,24 @@ ON CONFLICT (media_path) WHERE media_path IS NOT NULL DO NOTHING;
 INSERT INTO clips (title, description, genre, duration_seconds, audio_url, content_type)
 SELECT $1, $2, $3, $4, $5, $6
 WHERE NOT EXISTS (SELECT 1 FROM clips WHERE audio_url = $5);
+
+-- name: update_clip
+-- Change the given fields of one clip ($2-$7; NULL keeps a field) if its
+-- version (updated_at) still is $8. No row: the clip is gone or changed.
+UPDATE clips
+SET title = coalesce($2, title),
+    description = coalesce($3, description),
+    genre = coalesce($4, genre),
+    duration_seconds = coalesce($5, duration_seconds),
+    audio_url = coalesce($6, audio_url),
+    content_type = coalesce($7, content_type),
+    updated_at = clock_timestamp()
+WHERE id = $1 AND updated_at = $8
+RETURNING id, title, description, genre, duration_seconds, audio_url, media_path,
+          content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at;
+
+-- name: delete_clip
+-- Delete one clip if its version still is $2; returns its stored file name.
+DELETE FROM clips
+WHERE id = $1 AND updated_at = $2
+RETURNING id, media_path;
