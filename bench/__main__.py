@@ -1,0 +1,161 @@
+"""`python -m bench` (`make bench`): start everything fresh, run the
+selected scenarios, print the table, write bench/results/latest.json, and
+exit non-zero if any request failed or any count was wrong.
+
+Everything started here is stopped and deleted on the way out, on success,
+failure, Ctrl-C or SIGTERM alike: the parts are entered in one exit stack
+and run in their own sessions, so a Ctrl-C reaches only this process.
+"""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import aiohttp
+
+from bench import catalogue, database, origin, processes, report, service
+from bench.load import wrk_version
+from bench.options import OptionError, Options
+from bench.scenarios import Bench, api, memory, scaling, streams, ttfb
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def run(options: Options) -> int:
+    notes = origin.ensure_tools()
+    fd_limit = processes.raise_fd_limit()
+    cores = processes.Cores.split(options.pin)
+    if cores.load:
+        # The harness's own clients (first-byte probes, slow readers) are load too.
+        os.sched_setaffinity(0, cores.load)
+    results = report.Report(
+        machine=report.machine(),
+        settings={
+            "duration_s": options.duration,
+            "scenarios": list(options.scenarios),
+            "workers": options.workers,
+            "pinning": cores.describe(),
+            "database": "DATABASE_URL (fresh database on it)"
+            if options.database_url
+            else "embedded PostgreSQL (fresh, temporary)",
+            "fd_limit": fd_limit,
+        },
+        notes=notes,
+    )
+    began = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        scratch = Path(tempfile.mkdtemp(prefix="soundverse-bench-"))
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        audio = catalogue.write_audio(scratch / "www")
+        the_origin = await stack.enter_async_context(
+            origin.running(scratch / "www", scratch, cores.servers)
+        )
+        database_url = await stack.enter_async_context(
+            database.fresh(options.database_url, scratch / "pg", cores.servers)
+        )
+        media_dir = scratch / "media"
+        the_catalogue = await catalogue.seed(database_url, audio, media_dir, the_origin.url)
+        app = await stack.enter_async_context(
+            service.running(database_url, media_dir, scratch, options.workers, cores.servers)
+        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        serving = app.workers()
+        results.settings.update(
+            origin=the_origin.kind,
+            load_generator=wrk_version(),
+            app_processes_serving=serving,
+            clips=the_catalogue.clips,
+        )
+        print(
+            f"origin: {the_origin.kind}; {the_catalogue.clips} clips seeded; app pid "
+            f"{app.pid} serving from {serving} process(es) (WORKERS={options.workers}); "
+            f"{cores.describe()}; {options.duration:g} s per run\n",
+            flush=True,
+        )
+        if options.workers > 1 and serving < options.workers:
+            results.notes.append(
+                f"WORKERS={options.workers} asked, but the app serves from "
+                f"{serving} process(es): it ignores WORKERS"
+            )
+        bench = Bench(
+            options=options,
+            cores=cores,
+            app=app,
+            origin=the_origin,
+            catalogue=the_catalogue,
+            session=session,
+            report=results,
+            scratch=scratch,
+            results=RESULTS,
+            database_url=database_url,
+            media_dir=media_dir,
+            exact_counts=serving == 1,
+        )
+        print(report.header(), flush=True)
+        aborted = None
+        try:
+            await scenarios(bench)
+        except (OSError, RuntimeError, aiohttp.ClientError, TimeoutError) as error:
+            aborted = f"aborted: {type(error).__name__}: {error}"
+            traceback.print_exc()
+            results.notes.append(aborted)
+        results.settings["seconds"] = round(time.monotonic() - began, 1)
+        results.write(RESULTS / "latest.json")
+    print("\n" + report.table(results))
+    for note in results.notes:
+        print(f"\nnote: {note}")
+    failures = results.failures
+    for failure in failures:
+        print(f"FAILED {failure}")
+    print(
+        f"\n{len(results.rows)} rows in {time.monotonic() - began:.0f} s; "
+        f"written to {RESULTS / 'latest.json'}"
+    )
+    return 1 if failures or aborted else 0
+
+
+async def scenarios(bench: Bench) -> None:
+    chosen = bench.options.scenarios
+    sources = [s for s in ("remote", "stored") if s in chosen]
+    steps = [
+        ("api", "api" in chosen, lambda: api.run(bench)),
+        ("+".join(sources), bool(sources), lambda: streams.run(bench, sources)),
+        ("ttfb", "ttfb" in chosen, lambda: ttfb.run(bench)),
+        ("memory", "memory" in chosen, lambda: memory.run(bench)),
+        ("scaling", "scaling" in chosen, lambda: scaling.run(bench)),
+    ]
+    timings = bench.report.settings.setdefault("scenario_seconds", {})
+    for name, wanted, step in steps:
+        if wanted:
+            began = time.monotonic()
+            await step()
+            timings[name] = round(time.monotonic() - began, 1)
+
+
+def main() -> None:
+    try:
+        options = Options.from_env(dict(os.environ))
+    except OptionError as error:
+        raise SystemExit(f"bench: {error}") from None
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds the exit stack like Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        code = asyncio.run(run(options))
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; everything it started is stopped and removed", flush=True)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
