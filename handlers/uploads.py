@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mutagen
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from handlers.problems import Problem
 
@@ -101,8 +102,10 @@ async def _write_file(part: BodyPartReader, path: Path, upload: Upload, limit: i
     return head
 
 
-def _read_audio(path: Path, kind: str) -> tuple[float, int | None]:
-    """Duration and bitrate as mutagen reads them, or a 422."""
+def _read_audio(path: Path, kind: str, size: int) -> tuple[float, int | None]:
+    """Duration and bitrate as mutagen reads them, or a 422 when it cannot,
+    or when the file is far shorter than its own headers announce (a
+    truncated upload whose first frame still claims the full length)."""
     try:
         audio = mutagen.File(path)
     except (mutagen.MutagenError, OSError, ValueError, EOFError):  # malformed files raise all sorts
@@ -110,7 +113,13 @@ def _read_audio(path: Path, kind: str) -> tuple[float, int | None]:
     readers = FORMATS[kind][2]
     if audio is None or type(audio).__name__ not in readers or not audio.info.length:
         raise Problem(422, f"The file looks like {kind.upper()} but its audio cannot be read")
-    return float(audio.info.length), getattr(audio.info, "bitrate", None) or None
+    length = float(audio.info.length)
+    bitrate = getattr(audio.info, "bitrate", None) or None
+    if bitrate and size < 0.9 * bitrate / 8 * length:
+        raise Problem(
+            422, f"The file is truncated: it announces {length:.1f} s but holds {size} bytes"
+        )
+    return length, bitrate
 
 
 @contextlib.asynccontextmanager
@@ -141,7 +150,7 @@ async def _receive_parts(request: web.Request, upload: Upload, partial: Path, li
                 upload.fields[part.name] = await _read_text(part)
             else:
                 raise Problem(400, f"Unknown form field {part.name[:40]!r}")
-    except (ValueError, AssertionError) as error:  # aiohttp's verdicts on a malformed body
+    except (ValueError, AssertionError, HttpProcessingError) as error:  # a malformed body
         raise Problem(400, f"The multipart body is malformed: {error}") from None
     if head is None:
         raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")
@@ -150,7 +159,9 @@ async def _receive_parts(request: web.Request, upload: Upload, partial: Path, li
         raise Problem(
             415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
         )
-    upload.duration_seconds, upload.bitrate = await asyncio.to_thread(_read_audio, partial, kind)
+    upload.duration_seconds, upload.bitrate = await asyncio.to_thread(
+        _read_audio, partial, kind, upload.size_bytes
+    )
     upload.content_type, extension, _ = FORMATS[kind]
     upload.name = f"{uuid.uuid4().hex}{extension}"
     await asyncio.to_thread(partial.rename, upload.directory / upload.name)
