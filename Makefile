@@ -28,8 +28,9 @@ test: $(STAMP) test-deps
 	$(PY) -m pytest
 
 # Real programs some tests drive: headless Chromium (end-to-end playback),
-# Prometheus (the dashboard's queries) and lame (real MP3s to upload). Installed with apt-get when missing
-# and possible; the tests that need them say why they skip otherwise.
+# Prometheus (the dashboard's queries) and lame (real MP3s to upload).
+# Installed with apt-get when missing and possible; the tests that need them
+# say why they skip otherwise.
 TEST_PACKAGES := chromium prometheus lame
 test-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
