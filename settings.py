@@ -63,6 +63,8 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     upstream_connect_timeout: float = Field(3.0, alias="UPSTREAM_CONNECT_TIMEOUT", gt=0)
     upstream_headers_timeout: float = Field(10.0, alias="UPSTREAM_HEADERS_TIMEOUT", gt=0)
     upstream_read_timeout: float = Field(15.0, alias="UPSTREAM_READ_TIMEOUT", gt=0)
+    # Longest a proxied stream may last, however the origin trickles.
+    stream_max_seconds: float = Field(1800.0, alias="STREAM_MAX_SECONDS", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
     upstream_max_connections: int = Field(256, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
     # "proxy" pipes remote audio through the app; "redirect" counts the play

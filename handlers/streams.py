@@ -231,9 +231,11 @@ async def send_remote(request: web.Request, clip) -> web.StreamResponse:
             if request.method == "HEAD" or origin.status == 304:
                 return response
             try:
-                async for chunk in origin.content.iter_chunked(CHUNK_BYTES):
-                    await response.write(chunk)
-                    outcome.sent += len(chunk)
+                # A trickling or endless origin must not hold a stream forever.
+                async with asyncio.timeout(request.app[SETTINGS].stream_max_seconds):
+                    async for chunk in origin.content.iter_chunked(CHUNK_BYTES):
+                        await response.write(chunk)
+                        outcome.sent += len(chunk)
             except TimeoutError:
                 outcome.reason = "timeout"
             except aiohttp.ClientError:

@@ -396,3 +396,72 @@ async def test_redirect_mode_still_serves_stored_clips(redirect_client, make_cli
     response = await redirect_client.get(f"/clips/{clip_id}/stream", allow_redirects=False)
     assert response.status == 200
     assert await response.read() == (audio_dir / "small.mp3").read_bytes()
+
+
+# --- Hostile origins ---------------------------------------------------------
+
+
+@pytest.fixture
+async def hostile():
+    """An origin that answers at the socket level with whatever it is told."""
+    replies: dict[str, bytes] = {}
+    ended = asyncio.Event()
+
+    async def handle(reader, writer):
+        try:
+            line = await reader.readline()
+            path = line.split()[1].decode()
+            while (await reader.readline()) not in (b"\r\n", b""):
+                pass
+            reply = replies[path]
+            writer.write(reply)
+            await writer.drain()
+            if path == "/endless":
+                while True:  # a body that never ends
+                    writer.write(b"5\r\nhello\r\n" * 1000)
+                    await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            ended.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield replies, port, ended
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nBroken header line\r\n\r\n", 502),
+        (b"NOT HTTP AT ALL\r\n\r\n", 502),
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 502),
+        (b"", 502),  # closes without a word
+    ],
+)
+async def test_garbage_from_the_origin_is_502(client, make_clip, hostile, reply, status):
+    replies, port, _ = hostile
+    replies["/a.mp3"] = reply
+    clip_id = await make_clip(audio_url=f"http://127.0.0.1:{port}/a.mp3")
+    async with asyncio.timeout(5):
+        await problem(await client.get(f"/clips/{clip_id}/stream"), status)
+
+
+async def test_an_endless_body_is_cut_at_stream_max_seconds(
+    settings, make_client, make_clip, hostile
+):
+    replies, port, ended = hostile
+    replies["/endless"] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    client = await make_client(settings.model_copy(update={"stream_max_seconds": 1.0}))
+    clip_id = await make_clip(audio_url=f"http://127.0.0.1:{port}/endless")
+    async with asyncio.timeout(10):
+        response = await client.get(f"/clips/{clip_id}/stream")
+        assert response.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()  # closed, not completed: the listener sees the cut
+        await ended.wait()  # and the origin's connection is gone
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "clips_streams_ended_total", reason="timeout") == 1
