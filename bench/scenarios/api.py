@@ -1,6 +1,9 @@
 """Scenario 1: the catalogue API at c32, against /healthz as the
 framework's floor (same process, no database)."""
 
+import contextlib
+
+from bench import profile
 from bench.report import Row
 from bench.scenarios import WARMUP_SECONDS, Bench, verdict
 
@@ -21,7 +24,18 @@ async def run(bench: Bench) -> None:
         await bench.wrk(bench.app.url + path, CONNECTIONS, duration=WARMUP_SECONDS)
     floor = None
     for name, path in paths:
-        result = await bench.wrk(bench.app.url + path, CONNECTIONS)
+        recording = (
+            profile.recording(
+                bench.app.pid, bench.options.duration, bench.results / "profile-api-list.txt"
+            )
+            if bench.options.profile == "api" and name == "list"
+            else contextlib.nullcontext([])
+        )
+        async with recording as summary:
+            result = await bench.wrk(bench.app.url + path, CONNECTIONS)
+        for text in summary:
+            print(f"\nprofile of the app, api {name}:\n{text}\n", flush=True)
+            bench.report.notes.append(f"profile api {name}:\n{text}")
         floor = floor or result.rps
         ratio = result.rps / floor if floor else None
         target = TARGETS.get(name)

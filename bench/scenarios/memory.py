@@ -69,6 +69,7 @@ async def hold(bench: Bench, app: service.App, source: str, clip) -> None:
     tally = await PlayTally.begin(bench.session, app.url, clip.id, source, app.workers() == 1)
     readers = SlowReaders("127.0.0.1", app.port, path, STREAMS)
     peak = idle.rss_kib
+    opened = time.monotonic()
     try:
         await readers.open()
         began = time.monotonic()
@@ -79,6 +80,7 @@ async def hold(bench: Bench, app: service.App, source: str, clip) -> None:
         held_tasks, held_streams = await tasks(bench, app), await in_flight(bench, app)
     finally:
         await readers.close()
+    reading = time.monotonic() - opened
     ended = await settle(bench, app)
     await asyncio.sleep(1.0)  # closed transports are released on the next loop turns
     after, after_tasks = app.usage(), await tasks(bench, app)
@@ -104,7 +106,7 @@ async def hold(bench: Bench, app: service.App, source: str, clip) -> None:
         Row(
             scenario=f"memory {source} {STREAMS} slow",
             target="app",
-            mib_s=got.bytes / seconds / 2**20,
+            mib_s=got.bytes / reading / 2**20,
             errors=got.failed + got.stalled,
             error_kinds=kinds,
             count_ok=count.ok,
