@@ -238,7 +238,9 @@ async def send_remote(request: web.Request, clip) -> web.StreamResponse:
                         outcome.sent += len(chunk)
             except TimeoutError:
                 outcome.reason = "timeout"
-            except aiohttp.ClientError:
+            except aiohttp.ClientError as error:
+                if isinstance(error, ConnectionResetError):
+                    raise  # writing to the listener failed: they left
                 outcome.reason = "upstream_error"
             if outcome.reason != "complete":
                 # Headers are gone: closing the connection is the only way

@@ -1,0 +1,124 @@
+"""Listeners who leave, and listeners who never read."""
+
+import asyncio
+import os
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+MIB = 1024 * 1024
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+async def settle(client, name: str, value: float, **labels) -> str:
+    """Poll /metrics until a sample reaches its value (bounded)."""
+    for _ in range(250):
+        text = await (await client.get("/metrics")).text()
+        if metric(text, name, **labels) == value:
+            return text
+        await asyncio.sleep(0.02)
+    pytest.fail(f"{name}{labels} never reached {value}")
+
+
+class Endless:
+    """An origin whose body never ends; it counts what it managed to send."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.open = 0
+        self.app = web.Application()
+        self.app.router.add_get("/endless.mp3", self.serve)
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        await response.prepare(request)
+        self.open += 1
+        chunk = b"z" * 64 * 1024
+        try:
+            while True:
+                await response.write(chunk)
+                self.sent += len(chunk)
+        finally:
+            self.open -= 1
+
+
+@pytest.fixture
+async def endless(aiohttp_server):
+    origin = Endless()
+    origin.server = await aiohttp_server(origin.app)
+    return origin
+
+
+async def test_1000_listeners_leaving_mid_stream_leave_nothing_behind(
+    settings, make_client, make_clip, origin
+):
+    # App, origin and the 1,000 listeners share this one event loop (and the
+    # origin's accept backlog): give the origin time to answer them all.
+    patient = {f"upstream_{t}_timeout": 30.0 for t in ("connect", "headers", "read")}
+    client = await make_client(settings.model_copy(update=patient))
+    clip_id = await make_clip(audio_url=str(origin.make_url("/audio/big.mp3")))
+    url = client.make_url(f"/clips/{clip_id}/stream")
+    await (await client.get("/healthz")).read()
+    fds, tasks = open_fds(), len(asyncio.all_tasks())
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def leave_early() -> int | str:
+            response = await session.get(url)
+            if response.status != 200:
+                return f"{response.status} {await response.text()}"
+            await response.content.readexactly(64 * 1024)
+            response.close()  # gone, mid-file
+            return response.status
+
+        statuses = await asyncio.gather(*(leave_early() for _ in range(1000)))
+    assert [s for s in statuses if s != 200] == []
+
+    text = await settle(client, "clips_streams_in_flight", 0)
+    ended = {
+        r: metric(text, "clips_streams_ended_total", reason=r)
+        for r in ("complete", "client_gone", "upstream_error", "timeout")
+    }
+    assert sum(ended.values()) == 1000, ended
+    assert ended["upstream_error"] == ended["timeout"] == 0, ended  # leaving is not a fault
+    assert ended["client_gone"] > 900, ended
+    assert len(asyncio.all_tasks()) <= tasks + 2  # the scrape's own connection
+    assert open_fds() <= fds + 5  # no upstream or client socket left open
+
+
+async def test_a_listener_who_never_reads_holds_the_origin_back(client, make_clip, endless):
+    """Back-pressure: the proxy reads from the origin only as fast as the
+    listener drains, so memory stays bounded by socket buffers."""
+    clip_id = await make_clip(audio_url=str(endless.server.make_url("/endless.mp3")))
+    response = await client.get(f"/clips/{clip_id}/stream")
+    assert response.status == 200
+    # Never read. What the origin could send stops growing once the buffers
+    # between it and the listener are full.
+    readings = []
+    for _ in range(100):
+        readings.append(endless.sent)
+        if len(readings) > 10 and readings[-1] == readings[-10]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail(f"the origin kept sending: {readings[-1] / MIB:.1f} MiB")
+    assert endless.sent < 64 * MIB
+    response.close()
+    for _ in range(100):
+        if endless.open == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert endless.open == 0  # the upstream request was released
