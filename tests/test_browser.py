@@ -1,0 +1,125 @@
+"""End to end in a real headless Chromium: an `<audio>` element plays a clip's
+stream_url, learns its duration, seeks to the middle and keeps playing; the
+clip's play count rises by exactly one. For a remote clip (piped from an
+origin) and a stored one.
+
+tune.wav (20 s, 0.9 MB) is the clip a listener would try; Chromium fetches
+all of it with its first request, so its seek stays in the buffer. long.wav
+(4 min, 10.6 MB) puts the middle beyond what Chromium buffers ahead: the seek
+then reaches the server as `bytes=N-`, which must not count as a play.
+"""
+
+import html
+import shutil
+import wave
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from tests.browser import Chromium
+
+SECONDS = {"tune.wav": 20.0, "long.wav": 240.0}
+
+# Everything the test watches, in one round trip. NaN and Infinity do not
+# survive JSON, so finiteness is decided in the page.
+AUDIO_STATE = """(a => ({
+    time: a.currentTime,
+    finite: Number.isFinite(a.duration),
+    duration: Number.isFinite(a.duration) ? a.duration : String(a.duration),
+    paused: a.paused,
+    seeking: a.seeking,
+    error: a.error && a.error.code,
+    played: Array.from({length: a.played.length}, (_, i) => [a.played.start(i), a.played.end(i)]),
+}))(document.querySelector("audio"))"""
+
+
+@pytest.fixture
+async def browser():
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed: run `make browser` (apt-get install chromium)")
+    async with Chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+async def player(aiohttp_server) -> URL:
+    """A page with one `<audio src=?src preload=none>`, from its own origin
+    (as a site embedding our streams would be)."""
+
+    async def page(request: web.Request) -> web.Response:
+        src = html.escape(request.query["src"])
+        body = f'<!doctype html><title>player</title><audio src="{src}" preload="none"></audio>'
+        return web.Response(text=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/player", page)
+    server = await aiohttp_server(app)
+    return server.make_url("/player")
+
+
+@pytest.fixture
+async def audio_url(aiohttp_server, origin, media_dir):
+    """The URL of a file on a real origin: conftest's for tune.wav; for
+    long.wav (made here, per test, so other tests never copy it) one serving
+    this test's media_dir."""
+    with wave.open(str(media_dir / "tune.wav"), "rb") as tune:
+        params, frames = tune.getparams(), tune.readframes(tune.getnframes())
+    with wave.open(str(media_dir / "long.wav"), "wb") as long:
+        long.setparams(params)
+        long.writeframes(frames * int(SECONDS["long.wav"] / SECONDS["tune.wav"]))
+    app = web.Application()
+    app.router.add_static("/audio", media_dir)
+    long_origin = await aiohttp_server(app)
+
+    def url(name: str) -> str:
+        server = origin if name == "tune.wav" else long_origin
+        return str(server.make_url(f"/audio/{name}"))
+
+    return url
+
+
+@pytest.mark.parametrize("audio", ["tune.wav", "long.wav"])
+@pytest.mark.parametrize("source", ["remote", "stored"])
+async def test_audio_plays_and_seeks_in_chromium(
+    source, audio, client, audio_url, make_clip, plays, player, browser
+):
+    where = {"audio_url": audio_url(audio)} if source == "remote" else {"media_path": audio}
+    clip_id = await make_clip(content_type="audio/wav", duration_seconds=SECONDS[audio], **where)
+    stream_url = (await (await client.get(f"/clips/{clip_id}")).json())["stream_url"]
+    assert URL(stream_url).host == "127.0.0.1"
+
+    await browser.navigate(str(player.with_query(src=stream_url)))
+    await browser.evaluate('document.querySelector("audio").play()')
+    state = await browser.wait_for(
+        AUDIO_STATE, lambda s: s["error"] is not None or s["time"] > 1.0, within=10
+    )
+    assert state["error"] is None, state
+    assert state["finite"], state
+    assert state["duration"] == pytest.approx(SECONDS[audio], abs=0.05)
+
+    middle = state["duration"] / 2
+    await browser.evaluate(f'document.querySelector("audio").currentTime = {middle}')
+    state = await browser.wait_for(
+        AUDIO_STATE,
+        lambda s: (
+            s["error"] is not None
+            or (s["time"] > middle + 0.5 and not s["paused"] and not s["seeking"])
+        ),
+        within=10,
+    )
+    assert state["error"] is None, state
+    # It jumped rather than played through: nothing between 3 s and the
+    # middle was ever played.
+    assert all(end < 3.0 or start >= middle - 0.1 for start, end in state["played"]), state
+
+    streams = [r for r in browser.requests if r.url == stream_url]
+    print(f"\n{source} {audio}: {[(r.method, r.range, r.status) for r in streams]}")
+    assert streams[0].range == "bytes=0-", streams
+    assert all(r.status in (200, 206) for r in streams if r.status is not None), streams
+    if audio == "long.wav":
+        assert any(r.range != "bytes=0-" for r in streams), f"the seek never reached us: {streams}"
+
+    await plays.flush()
+    clip = await (await client.get(f"/clips/{clip_id}")).json()
+    assert clip["play_count"] == 1, streams
