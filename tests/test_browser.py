@@ -37,7 +37,7 @@ AUDIO_STATE = """(a => ({
 @pytest.fixture
 async def browser():
     if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed: run `make browser` (apt-get install chromium)")
+        pytest.skip("chromium is not installed: run `make test-deps` (apt-get install chromium)")
     async with Chromium() as chromium:
         yield chromium
 
