@@ -49,6 +49,8 @@ async def run(options: Options) -> int:
         },
         notes=notes,
     )
+    # Other work on a shared machine moves every absolute number: say how busy it was.
+    results.machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     began = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         scratch = Path(tempfile.mkdtemp(prefix="soundverse-bench-"))
@@ -107,6 +109,7 @@ async def run(options: Options) -> int:
             traceback.print_exc()
             results.notes.append(aborted)
         results.settings["seconds"] = round(time.monotonic() - began, 1)
+        results.machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         results.write(RESULTS / "latest.json")
     print("\n" + report.table(results))
     for note in results.notes:
@@ -114,8 +117,13 @@ async def run(options: Options) -> int:
     failures = results.failures
     for failure in failures:
         print(f"FAILED {failure}")
+    machine = results.machine
     print(
-        f"\n{len(results.rows)} rows in {time.monotonic() - began:.0f} s; "
+        f"\nload average (1, 5, 15 min): {machine['loadavg_at_start']} at start, "
+        f"{machine.get('loadavg_at_end')} at end, on {machine['cores']} cores"
+    )
+    print(
+        f"{len(results.rows)} rows in {time.monotonic() - began:.0f} s; "
         f"written to {RESULTS / 'latest.json'}"
     )
     return 1 if failures or aborted else 0
