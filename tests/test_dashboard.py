@@ -1,0 +1,353 @@
+"""The Grafana dashboard in deploy/, proven against a real Prometheus.
+
+A Prometheus of the test's own (free port, temporary storage, the deploy
+scrape job at a 1 s interval) scrapes the real app while traffic reaches
+every panel; then Prometheus itself evaluates every query of every panel.
+A panel that shows nothing, or names a metric the app does not export,
+fails here instead of on an operator's screen.
+"""
+
+import asyncio
+import contextlib
+import json
+import math
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "clips.json"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+SCRAPE_CONFIG = DEPLOY / "prometheus.yml"
+JOB = "clips"
+
+PROMETHEUS = shutil.which("prometheus")
+PROMTOOL = shutil.which("promtool")
+needs_prometheus = pytest.mark.skipif(
+    PROMETHEUS is None or PROMTOOL is None,
+    reason="needs the prometheus and promtool binaries (Debian package prometheus): "
+    "run `make test-deps`",
+)
+
+# What Grafana would put in place of its variables. $__rate_interval is at
+# least four scrape intervals in Grafana; 10 s of 1 s scrapes keeps several
+# samples per window without making the test wait long.
+GRAFANA_VARIABLES = {
+    "__rate_interval": "10s",
+    "__interval": "1s",
+    "__interval_ms": "1000",
+    "__range": "1m",
+    "__range_s": "60",
+    "__range_ms": "60000",
+}
+SCRAPES_BEFORE_QUERYING = 5
+DEADLINE_SECONDS = 30
+
+# PromQL words that look like metric names but are not.
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
+PROMQL_KEYWORDS |= {"group_left", "group_right", "inf", "nan"}
+
+
+# The dashboard as files
+
+
+def load_dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dashboard: dict) -> Iterator[dict]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row holds its panels
+
+
+def queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(panel title, expr) for every target of every panel."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+
+
+def substitute(expr: str) -> str:
+    """The expr as Grafana sends it to Prometheus."""
+
+    def value(match: re.Match) -> str:
+        return GRAFANA_VARIABLES.get(match["braced"] or match["bare"], match[0])
+
+    return re.sub(r"\$\{(?P<braced>\w+)(?::\w+)?\}|\$(?P<bare>\w+)", value, expr)
+
+
+def metric_names(expr: str) -> set[str]:
+    """Every metric an expr selects: the identifiers left once label values,
+    label matchers, range windows and grouping label lists are taken out,
+    other than function names (followed by `(`) and keywords."""
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "{}", expr)
+    expr = re.sub(r"\[[^\]]*\]", "[]", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    return {
+        match[0]
+        for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr)
+        if match[0] not in PROMQL_KEYWORDS and not expr[match.end() :].lstrip().startswith("(")
+    }
+
+
+def test_every_dashboard_variable_has_a_test_value():
+    dashboard = load_dashboard()
+    unknown = [(title, expr) for title, expr in queries(dashboard) if "$" in substitute(expr)]
+    assert not unknown, f"variables missing from GRAFANA_VARIABLES: {unknown}"
+
+
+def test_metric_names_are_read_from_promql():
+    expr = (
+        '(sum(rate(a_total{status=~"5..", x="b_total"}[5m])) or vector(0))'
+        " / sum by (le, route) (rate(c_bucket[$__rate_interval])) > bool d"
+    )
+    assert metric_names(expr) == {"a_total", "c_bucket", "d"}
+
+
+def test_every_panel_queries_the_provisioned_prometheus():
+    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    dashboard = load_dashboard()
+    assert dashboard["schemaVersion"] >= 39
+    ids = [panel["id"] for panel in panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel.get("targets"), f"panel {panel['title']!r} has no query"
+        for target in [panel, *panel["targets"]]:
+            assert target["datasource"] == {"type": "prometheus", "uid": datasource["uid"]}
+
+
+# Traffic that reaches every panel
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def settings(settings):
+    # Upstream timeouts are part of the traffic: keep each one short.
+    return settings.model_copy(update={"upstream_headers_timeout": 0.2})
+
+
+@pytest.fixture
+async def failing_origin(aiohttp_server):
+    """An origin that fails: 500 at once, or headers later than the app waits."""
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=500)
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)  # past the app's 0.2 s headers timeout
+        return web.Response(body=b"late")
+
+    app = web.Application()
+    app.router.add_get("/broken.mp3", broken)
+    app.router.add_get("/slow.mp3", slow)
+    return await aiohttp_server(app)
+
+
+@pytest.fixture
+async def catalogue(make_clip, origin, failing_origin) -> dict[str, int]:
+    """Clips whose streams end in every way the dashboard distinguishes."""
+    urls = {
+        "remote": origin.make_url("/audio/small.mp3"),
+        "origin_404": origin.make_url("/audio/missing.mp3"),
+        "origin_500": failing_origin.make_url("/broken.mp3"),
+        "origin_slow": failing_origin.make_url("/slow.mp3"),
+        "refused": "http://10.255.255.1/guarded.mp3",  # not in UPSTREAM_ALLOW
+        "unreachable": f"http://127.0.0.1:{free_port()}/nobody.mp3",
+    }
+    clips = {name: await make_clip(audio_url=str(url)) for name, url in urls.items()}
+    clips["stored"] = await make_clip(media_path="small.mp3")
+    return clips
+
+
+async def status_of(client, path: str) -> int:
+    async with client.get(path) as response:
+        await response.read()
+        return response.status
+
+
+async def drive(client, clips: dict[str, int]) -> None:
+    """One round of traffic, checked, so a panel's data has a known cause."""
+    expected = {
+        "/clips": 200,
+        f"/clips/{clips['stored']}": 200,
+        "/clips/424242": 404,
+        f"/clips/{clips['stored']}/stream": 200,
+        f"/clips/{clips['remote']}/stream": 200,
+        f"/clips/{clips['origin_404']}/stream": 502,
+        f"/clips/{clips['origin_500']}/stream": 502,
+        f"/clips/{clips['refused']}/stream": 502,
+        f"/clips/{clips['unreachable']}/stream": 502,
+        f"/clips/{clips['origin_slow']}/stream": 504,
+    }
+    answered = {path: await status_of(client, path) for path in expected}
+    assert answered == expected
+
+
+async def drive_until_cancelled(client, clips: dict[str, int]) -> None:
+    while True:
+        await drive(client, clips)
+
+
+@contextlib.asynccontextmanager
+async def traffic(client, clips: dict[str, int]):
+    """Traffic that keeps flowing while Prometheus scrapes and answers."""
+    await drive(client, clips)  # a broken round fails here, plainly
+    task = asyncio.create_task(drive_until_cancelled(client, clips))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task  # re-raises what broke a round
+
+
+async def exported_metric_names(client) -> set[str]:
+    async with client.get("/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    return {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+
+
+async def test_every_metric_a_panel_names_is_exported(client, catalogue):
+    await drive(client, catalogue)  # labelled series exist once used
+    exported = await exported_metric_names(client)
+    for title, expr in queries(load_dashboard()):
+        names = metric_names(substitute(expr))
+        assert names, f"{title!r}: no metric found in {expr!r}"
+        assert names <= exported, f"{title!r} names metrics /metrics lacks: {names - exported}"
+
+
+# A real Prometheus
+
+
+@needs_prometheus
+def test_the_scrape_config_is_valid():
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", str(SCRAPE_CONFIG)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def scrape_config(target: str) -> dict:
+    """The deploy job, pointed at `target` every second: the dashboard is
+    proven against the job name and path operators deploy."""
+    deployed = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    job = next(job for job in deployed["scrape_configs"] if job["job_name"] == JOB)
+    job |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
+    job["static_configs"] = [{"targets": [target]}]
+    return {"scrape_configs": [job]}
+
+
+class Prometheus:
+    """A running Prometheus: its HTTP API, and its log to explain failures."""
+
+    def __init__(self, url: str, process: subprocess.Popen, log: Path):
+        self.url = url
+        self.process = process
+        self.log = log
+
+    def check_running(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"prometheus exited ({self.process.returncode}):\n{self.log.read_text()}")
+
+    async def query(self, session: aiohttp.ClientSession, promql: str) -> dict:
+        """An instant query, as Grafana's stat panels and instant targets send."""
+        async with session.get(f"{self.url}/api/v1/query", params={"query": promql}) as response:
+            return await response.json()
+
+    async def wait_until(self, session: aiohttp.ClientSession, promql: str, what: str) -> None:
+        """Poll until `promql` has a result, within the deadline."""
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while time.monotonic() < deadline:
+            self.check_running()
+            # Until it is ready it refuses connections, then answers 503 text.
+            with contextlib.suppress(aiohttp.ClientError):
+                if (await self.query(session, promql))["data"]["result"]:
+                    return
+            await asyncio.sleep(0.2)
+        pytest.fail(f"prometheus: no {what} in {DEADLINE_SECONDS}s:\n{self.log.read_text()}")
+
+
+@pytest.fixture
+def prometheus(client, tmp_path):
+    """A Prometheus of our own scraping the app. It never touches :9090,
+    where the Debian package may run the system's."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(scrape_config(f"127.0.0.1:{client.server.port}")))
+    port = free_port()
+    log = tmp_path / "prometheus.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield Prometheus(f"http://127.0.0.1:{port}", process, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def problem_with(answer: dict) -> str | None:
+    """Why a query's answer would leave its panel empty, or None."""
+    if answer.get("status") != "success":
+        return f"{answer.get('errorType')}: {answer.get('error')}"
+    result = answer["data"]["result"]
+    if not result:
+        return "no series"
+    if not any(math.isfinite(float(series["value"][1])) for series in result):
+        return f"only NaN or infinite values: {result}"
+    return None
+
+
+@needs_prometheus
+async def test_every_panel_query_returns_data_from_a_real_prometheus(client, catalogue, prometheus):
+    async with traffic(client, catalogue), aiohttp.ClientSession() as session:
+        await prometheus.wait_until(
+            session,
+            f'sum_over_time(up{{job="{JOB}"}}[1m]) >= {SCRAPES_BEFORE_QUERYING}',
+            f"{SCRAPES_BEFORE_QUERYING} successful scrapes of the app",
+        )
+        problems = []
+        for title, expr in queries(load_dashboard()):
+            answer = await prometheus.query(session, substitute(expr))
+            if (problem := problem_with(answer)) is not None:
+                problems.append(f"{title!r}: {expr}\n    -> {problem}")
+    assert not problems, "panels without data:\n" + "\n".join(problems)
