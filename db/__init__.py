@@ -22,6 +22,13 @@ UNAVAILABLE = (
 )
 
 
+async def keep_session(connection: asyncpg.Connection) -> None:
+    """Reset nothing when a connection returns to the pool. The service sets
+    no session state (no SET, LISTEN, advisory locks or open transactions),
+    so asyncpg's default reset query would only cost a round trip per
+    request."""
+
+
 async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with asyncpg.create_pool(
@@ -31,6 +38,7 @@ async def pool_ctx(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.db_acquire_timeout,
         command_timeout=settings.db_query_timeout,
         statement_cache_size=100 if settings.db_statement_cache else 0,
+        reset=keep_session,
     ) as pool:
         app[POOL] = pool
         yield

@@ -101,7 +101,7 @@ class Metrics:
         self.upstream_ttfb = Histogram(
             "clips_upstream_ttfb_seconds",
             "Time from sending an upstream request to its response headers",
-            buckets=API_BUCKETS,
+            buckets=(*API_BUCKETS, 5.0, 10.0),  # up to UPSTREAM_HEADERS_TIMEOUT's default
             registry=registry,
         )
         self.db_errors = Counter(
