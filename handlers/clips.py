@@ -4,19 +4,19 @@ import base64
 import binascii
 import json
 import mimetypes
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 import yarl
 from aiohttp import web
 from asyncpg import Record
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from db import POOL, clips
 from db.clip_cache import CLIP_CACHE
 from handlers import uploads
 from handlers.auth import ACCESS
-from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query, validate
+from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query, storable, validate
 from handlers.problems import Problem
 from handlers.upstream import UPSTREAM, UpstreamRefused
 from settings import SETTINGS
@@ -28,17 +28,28 @@ Genre = Annotated[str, StringConstraints(max_length=40, pattern=GENRE)]
 CONTENT_TYPE = r"^audio/[a-z0-9.+-]+$"
 
 
+Search = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(storable)]
+
+
 class ListQuery(BaseModel):
     genre: Genre | None = None
-    q: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    q: Search | None = None
     sort: clips.Sort = "newest"
     limit: int = Field(50, ge=1, le=200)
     cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
 
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)]
-AudioUrl = Annotated[str, StringConstraints(max_length=2048)]
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(storable),
+]
+Description = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=2000), AfterValidator(storable)
+]
+AudioUrl = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=2048), AfterValidator(storable)
+]
 ContentType = Annotated[str, StringConstraints(pattern=CONTENT_TYPE)]
 
 
@@ -49,7 +60,10 @@ def _absolute_http_url(value: str | None) -> str | None:
         url = yarl.URL(value)
     except ValueError as error:
         raise ValueError(f"not a URL: {error}") from None
-    if url.scheme not in ("http", "https") or not url.raw_host:
+    # The stored text must itself start with http:// or https:// (the schema
+    # checks it): yarl also reads "HTTP://h" as an http URL.
+    value = value[: len(url.scheme)].lower() + value[len(url.scheme) :]
+    if not url.raw_host or not value.startswith(("http://", "https://")):
         raise ValueError("must be an absolute http:// or https:// URL")
     return value
 
@@ -154,12 +168,15 @@ def decode_cursor(sort: clips.Sort, cursor: str) -> tuple[object, int]:
             key = datetime.fromisoformat(key)
             if key.tzinfo is None:
                 raise ValueError("naive timestamp")
+            key = key.astimezone(UTC)  # asyncpg would overflow on year 1 at +05:00
         elif sort == "popular" and (type(key) is not int or not 0 <= key <= BIGINT_MAX):
             raise ValueError("bad play count")
-        elif sort == "title" and type(key) is not str:
-            raise ValueError("bad title")
+        elif sort == "title":
+            if type(key) is not str:
+                raise ValueError("bad title")
+            storable(key).encode()  # no NUL, no lone surrogate from a "\\ud800" escape
         return key, clip_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise Problem(
             400,
             "cursor is not one this listing gave out; start again without it",

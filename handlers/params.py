@@ -13,6 +13,14 @@ Model = TypeVar("Model", bound=BaseModel)
 BIGINT_MAX = 2**63 - 1
 
 
+def storable(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: refuse it here as a 400, not a
+    database error (500) later."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
 def parse_id(raw: str, name: str = "clip_id") -> int:
     if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
         raise Problem(
@@ -59,6 +67,8 @@ async def parse_json(model: type[Model], request: web.Request) -> Model:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise Problem(400, f"The body is not valid JSON: {error}") from None
+    except RecursionError:  # 64 KiB of "[" fits under the size limit
+        raise Problem(400, "The body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise Problem(400, "The body must be a JSON object")
     return validate(model, data, "body")
