@@ -5,7 +5,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-import db
+from db.health import UNREACHABLE
 from handlers.access import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         if error.status < 400:
             raise
         return _from_http_error(request, error).response(request_id)
-    except db.UNAVAILABLE as error:
+    except UNREACHABLE as error:
         log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
         return Problem(
             503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
