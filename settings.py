@@ -10,7 +10,14 @@ from typing import Annotated, Literal
 
 from aiohttp import web
 from dotenv import load_dotenv
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -79,6 +86,20 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     stream_url_ttl: int = Field(21600, alias="STREAM_URL_TTL", ge=60)
     cors_origins: CommaList = Field((), alias="CORS_ORIGINS")
     max_upload_bytes: int = Field(50 * 1024 * 1024, alias="MAX_UPLOAD_BYTES", ge=1024)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        # Both drivers (asyncpg, and psycopg under yoyo) need this scheme;
+        # name only the scheme: the rest may hold a password.
+        if value is None:
+            return None
+        scheme, separator, _ = value.partition("://")
+        if not separator:
+            raise ValueError("must be a postgresql:// URL")
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"must start with postgresql://, not {scheme[:20]}://")
+        return value
 
     def api_key_entries(self) -> list[tuple[str, str]]:
         """(role, key) pairs from API_KEYS and API_KEYS_FILE."""

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 from aiohttp import web
 from yoyo import get_backend, read_migrations
 
@@ -64,7 +65,13 @@ def main() -> None:
     parser.add_argument("--rollback", action="store_true", help="undo every migration")
     args = parser.parse_args()
     with database(load_settings()) as url:
-        (rollback if args.rollback else apply)(url)
+        try:
+            (rollback if args.rollback else apply)(url)
+        except psycopg.OperationalError as error:
+            # One line, like a bad setting: the first line of libpq's message
+            # says which server refused and why.
+            reason = str(error).strip().partition("\n")[0]
+            raise SystemExit(f"migrate: cannot reach the database: {reason}") from None
         print("rolled back" if args.rollback else "migrations applied")
 
 
