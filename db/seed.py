@@ -23,35 +23,55 @@ from settings import load_settings
 RATE = 22050
 # (file, title, genre, description, root frequency, scale steps, tempo bpm)
 DEMOS = [
-    ("demo-sunrise.wav", "Sunrise Arpeggio", "ambient", "Slow rising arpeggios.", 220.0, [0, 4, 7, 11, 12, 7], 72),
-    ("demo-night-drive.wav", "Night Drive", "electronic", "A pulsing minor riff.", 110.0, [0, 3, 7, 10, 12, 10, 7, 3], 120),
-    ("demo-porch.wav", "Porch Song", "folk", "A plain major tune.", 196.0, [0, 2, 4, 5, 7, 5, 4, 2], 96),
-    ("demo-rain.wav", "Rain Study", "classical", "Falling minor phrases.", 261.6, [12, 10, 8, 7, 5, 3, 2, 0], 84),
-    ("demo-bounce.wav", "Bounce", "hip-hop", "A bass line that bounces.", 82.4, [0, 0, 7, 5, 0, 3, 5, 7], 90),
-    ("demo-sketch.wav", "Blue Sketch", "jazz", "Blues scale noodling.", 146.8, [0, 3, 5, 6, 7, 10, 12, 7], 132),
-]
+    ("demo-sunrise.wav", "Sunrise Arpeggio", "ambient", "Slow rising arpeggios.",
+     220.0, [0, 4, 7, 11, 12, 7], 72),
+    ("demo-night-drive.wav", "Night Drive", "electronic", "A pulsing minor riff.",
+     110.0, [0, 3, 7, 10, 12, 10, 7, 3], 120),
+    ("demo-porch.wav", "Porch Song", "folk", "A plain major tune.",
+     196.0, [0, 2, 4, 5, 7, 5, 4, 2], 96),
+    ("demo-rain.wav", "Rain Study", "classical", "Falling minor phrases.",
+     261.6, [12, 10, 8, 7, 5, 3, 2, 0], 84),
+    ("demo-bounce.wav", "Bounce", "hip-hop", "A bass line that bounces.",
+     82.4, [0, 0, 7, 5, 0, 3, 5, 7], 90),
+    ("demo-sketch.wav", "Blue Sketch", "jazz", "Blues scale noodling.",
+     146.8, [0, 3, 5, 6, 7, 10, 12, 7], 132),
+]  # fmt: skip
 PUBLIC = [
-    (f"SoundHelix Song {n}", "electronic", f"https://www.soundhelix.com/examples/mp3/SoundHelix-Song-{n}.mp3")
+    (
+        f"SoundHelix Song {n}",
+        "electronic",
+        f"https://www.soundhelix.com/examples/mp3/SoundHelix-Song-{n}.mp3",
+    )
     for n in range(1, 5)
 ]
 SECONDS = 24
 
 
+def pluck(freq: float, beat: float, length: int) -> array:
+    """One plucked note with a soft fifth below, decaying over a beat."""
+    note = array("h")
+    for i in range(length):
+        t = i / RATE
+        envelope = math.exp(-3.0 * t / beat)
+        value = math.sin(2 * math.pi * freq * t) + 0.3 * math.sin(math.pi * freq * t)
+        note.append(int(9000 * envelope * value))
+    return note
+
+
 def synthesise(root: float, steps: list[int], bpm: int, seconds: int = SECONDS) -> array:
-    """A melody of plucked notes with a soft fifth below: real, audible audio."""
-    samples = array("h")
+    """A melody of plucked notes: real, audible audio."""
     beat = 60.0 / bpm
     per_note = int(RATE * beat)
     total = RATE * seconds
-    note = 0
+    notes: dict[int, array] = {}  # a melody repeats its notes: compute each once
+    samples = array("h")
+    index = 0
     while len(samples) < total:
-        freq = root * 2 ** (steps[note % len(steps)] / 12)
-        for i in range(min(per_note, total - len(samples))):
-            t = i / RATE
-            envelope = math.exp(-3.0 * t / beat)
-            value = math.sin(2 * math.pi * freq * t) + 0.3 * math.sin(math.pi * freq * t)
-            samples.append(int(9000 * envelope * value))
-        note += 1
+        step = steps[index % len(steps)]
+        if step not in notes:
+            notes[step] = pluck(root * 2 ** (step / 12), beat, per_note)
+        samples.extend(notes[step][: total - len(samples)])
+        index += 1
     return samples
 
 
@@ -65,17 +85,26 @@ def write_wav(path: Path, samples: array) -> None:
     tmp.replace(path)
 
 
-async def seed(database_url: str, media_dir: Path, public_urls: bool) -> int:
+def write_demo_files(media_dir: Path) -> list[float]:
+    """Synthesise the demo files missing from media_dir; their durations."""
     media_dir.mkdir(parents=True, exist_ok=True)
+    durations = []
+    for name, _, _, _, root, steps, bpm in DEMOS:
+        path = media_dir / name
+        if not path.exists():
+            write_wav(path, synthesise(root, steps, bpm))
+        with wave.open(str(path)) as audio:
+            durations.append(audio.getnframes() / audio.getframerate())
+    return durations
+
+
+async def seed(database_url: str, media_dir: Path, public_urls: bool = False) -> int:
+    """Add the demo clips that are missing; returns how many were added."""
+    durations = await asyncio.to_thread(write_demo_files, media_dir)
     conn = await asyncpg.connect(database_url)
     added = 0
     try:
-        for name, title, genre, description, root, steps, bpm in DEMOS:
-            path = media_dir / name
-            if not path.exists():
-                write_wav(path, synthesise(root, steps, bpm))
-            with wave.open(str(path)) as audio:
-                duration = audio.getnframes() / audio.getframerate()
+        for (name, title, genre, description, *_), duration in zip(DEMOS, durations, strict=True):
             status = await conn.execute(
                 SQL["seed_stored_clip"], title, description, genre, duration, name, "audio/wav"
             )
@@ -83,7 +112,13 @@ async def seed(database_url: str, media_dir: Path, public_urls: bool) -> int:
         if public_urls:
             for title, genre, url in PUBLIC:
                 status = await conn.execute(
-                    SQL["seed_remote_clip"], title, "A SoundHelix example.", genre, 300.0, url, "audio/mpeg"
+                    SQL["seed_remote_clip"],
+                    title,
+                    "A SoundHelix example.",
+                    genre,
+                    300.0,
+                    url,
+                    "audio/mpeg",
                 )
                 added += int(status.split()[-1])
     finally:
@@ -93,11 +128,16 @@ async def seed(database_url: str, media_dir: Path, public_urls: bool) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--public-urls", action="store_true", help="also add the SoundHelix URL set")
+    parser.add_argument(
+        "--public-urls", action="store_true", help="also add the SoundHelix URL set"
+    )
     args = parser.parse_args()
     settings = load_settings()
     with database(settings) as url:
-        added = asyncio.run(seed(url, settings.media_dir, args.public_urls))
+        try:
+            added = asyncio.run(seed(url, settings.media_dir, args.public_urls))
+        except (OSError, asyncpg.PostgresError) as error:
+            raise SystemExit(f"seed failed: {error}") from None
     print(f"seed: {added} clips added")
 
 
