@@ -3,7 +3,6 @@
 import base64
 import json
 
-import pytest
 import yarl
 
 PROBLEM = "application/problem+json"
@@ -25,23 +24,24 @@ def cursor(*parts) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/clips/abc",
-        "/clips/abc/stats",
-        "/clips/0",
-        "/clips/-1/stats",
-        "/clips/1.5",
-        "/clips/%EF%BC%91",  # a fullwidth digit one
-        "/clips/9223372036854775808",  # one past the largest bigint
-        "/clips/9223372036854775808/stats",
-        "/clips/99999999999999999999999999",
-    ],
-)
-async def test_a_bad_clip_id_is_400(client, path):
-    body = await problem(await client.get(path), 400)
-    assert [e["field"] for e in body["errors"]] == ["clip_id"]
+BAD_IDS = [
+    "/clips/abc",
+    "/clips/abc/stats",
+    "/clips/0",
+    "/clips/-1/stats",
+    "/clips/1.5",
+    "/clips/%EF%BC%91",  # a fullwidth digit one
+    "/clips/9223372036854775808",  # one past the largest bigint
+    "/clips/9223372036854775808/stats",
+    "/clips/99999999999999999999999999",
+]
+
+
+async def test_a_bad_clip_id_is_400(client, subtests):
+    for path in BAD_IDS:
+        with subtests.test(path=path):
+            body = await problem(await client.get(path), 400)
+            assert [e["field"] for e in body["errors"]] == ["clip_id"]
 
 
 async def test_the_largest_bigint_is_a_valid_id_that_no_clip_has(client):
@@ -49,56 +49,58 @@ async def test_the_largest_bigint_is_a_valid_id_that_no_clip_has(client):
     await problem(await client.get("/clips/9223372036854775807/stats"), 404)
 
 
-@pytest.mark.parametrize(
-    ("query", "field"),
-    [
-        ("limit=0", "limit"),
-        ("limit=201", "limit"),
-        ("limit=100000", "limit"),
-        ("limit=-1", "limit"),
-        ("limit=ten", "limit"),
-        ("limit=", "limit"),
-        ("sort=bogus", "sort"),
-        ("sort=NEWEST", "sort"),
-        ("genre=Rock%20Music", "genre"),
-        ("q=", "q"),
-        ("q=" + "x" * 201, "q"),
-        ("q=a%00b", "q"),
-        ("cursor=garbage", "cursor"),
-        ("cursor=" + "A" * 1001, "cursor"),
-    ],
-)
-async def test_bad_list_parameters_are_400_naming_the_parameter(client, query, field):
-    body = await problem(await client.get(f"/clips?{query}"), 400)
-    assert [e["field"] for e in body["errors"]] == [field]
+BAD_LIST_PARAMETERS = [
+    ("limit=0", "limit"),
+    ("limit=201", "limit"),
+    ("limit=100000", "limit"),
+    ("limit=-1", "limit"),
+    ("limit=ten", "limit"),
+    ("limit=", "limit"),
+    ("sort=bogus", "sort"),
+    ("sort=NEWEST", "sort"),
+    ("genre=Rock%20Music", "genre"),
+    ("q=", "q"),
+    ("q=" + "x" * 201, "q"),
+    ("q=a%00b", "q"),
+    ("cursor=garbage", "cursor"),
+    ("cursor=" + "A" * 1001, "cursor"),
+]
 
 
-@pytest.mark.parametrize(
-    ("sort", "tampered"),
-    [
-        ("newest", cursor("popular", 3, 1)),  # a real cursor of another sort
-        ("popular", cursor("newest", "2026-01-01T00:00:00+00:00", 1)),
-        ("title", cursor("newest", "2026-01-01T00:00:00+00:00", 1)),
-        ("newest", cursor("newest", "yesterday", 1)),
-        ("newest", cursor("newest", "2026-01-01T00:00:00", 1)),  # no time zone
-        ("newest", cursor("newest", "0001-01-01T00:00:00+05:00", 1)),  # before year 1 in UTC
-        ("newest", cursor("newest", "2026-01-01T00:00:00+00:00", 0)),
-        ("newest", cursor("newest", "2026-01-01T00:00:00+00:00", 2**63)),
-        ("newest", cursor("newest", "2026-01-01T00:00:00+00:00", "1")),
-        ("popular", cursor("popular", -1, 1)),
-        ("popular", cursor("popular", True, 1)),
-        ("popular", cursor("popular", 2**63, 1)),
-        ("title", cursor("title", 7, 1)),
-        ("title", cursor("title", "nul\u0000", 1)),
-        ("title", base64.urlsafe_b64encode(b'["title","\\ud800",1]').decode()),
-        ("title", cursor("title", "a")),
-        ("title", base64.urlsafe_b64encode(b"\xff\xfe").decode()),
-    ],
-)
-async def test_a_tampered_cursor_is_400(client, sort, tampered):
-    response = await client.get("/clips", params={"sort": sort, "cursor": tampered})
-    body = await problem(response, 400)
-    assert [e["field"] for e in body["errors"]] == ["cursor"]
+async def test_bad_list_parameters_are_400_naming_the_parameter(client, subtests):
+    for query, field in BAD_LIST_PARAMETERS:
+        with subtests.test(query=query[:40]):
+            body = await problem(await client.get(f"/clips?{query}"), 400)
+            assert [e["field"] for e in body["errors"]] == [field]
+
+
+TAMPERED_CURSORS = [
+    ("newest", cursor("popular", 3, 1)),  # a real cursor of another sort
+    ("popular", cursor("newest", "2026-01-01T00:00:00+00:00", 1)),
+    ("title", cursor("newest", "2026-01-01T00:00:00+00:00", 1)),
+    ("newest", cursor("newest", "yesterday", 1)),
+    ("newest", cursor("newest", "2026-01-01T00:00:00", 1)),  # no time zone
+    ("newest", cursor("newest", "0001-01-01T00:00:00+05:00", 1)),  # before year 1 in UTC
+    ("newest", cursor("newest", "2026-01-01T00:00:00+00:00", 0)),
+    ("newest", cursor("newest", "2026-01-01T00:00:00+00:00", 2**63)),
+    ("newest", cursor("newest", "2026-01-01T00:00:00+00:00", "1")),
+    ("popular", cursor("popular", -1, 1)),
+    ("popular", cursor("popular", True, 1)),
+    ("popular", cursor("popular", 2**63, 1)),
+    ("title", cursor("title", 7, 1)),
+    ("title", cursor("title", "nul\u0000", 1)),
+    ("title", base64.urlsafe_b64encode(b'["title","\\ud800",1]').decode()),
+    ("title", cursor("title", "a")),
+    ("title", base64.urlsafe_b64encode(b"\xff\xfe").decode()),
+]
+
+
+async def test_a_tampered_cursor_is_400(client, subtests):
+    for sort, tampered in TAMPERED_CURSORS:
+        with subtests.test(sort=sort, cursor=tampered):
+            response = await client.get("/clips", params={"sort": sort, "cursor": tampered})
+            body = await problem(response, 400)
+            assert [e["field"] for e in body["errors"]] == ["cursor"]
 
 
 async def test_a_cursor_is_only_good_for_the_sort_that_gave_it(client, make_clip):
@@ -110,23 +112,25 @@ async def test_a_cursor_is_only_good_for_the_sort_that_gave_it(client, make_clip
     await problem(await client.get("/clips", params={"sort": "title", "cursor": given}), 400)
 
 
-@pytest.mark.parametrize("path", ["/nope", "/clips/1/nope", "/clip", "/clips/1/stats/x"])
-async def test_an_unknown_route_is_a_404_problem(client, path):
-    body = await problem(await client.get(path), 404)
-    assert path in body["detail"]
+async def test_an_unknown_route_is_a_404_problem(client, subtests):
+    for path in ["/nope", "/clips/1/nope", "/clip", "/clips/1/stats/x"]:
+        with subtests.test(path=path):
+            body = await problem(await client.get(path), 404)
+            assert path in body["detail"]
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "allowed"),
-    [
-        ("PUT", "/clips", {"GET", "HEAD", "POST"}),
-        ("DELETE", "/clips", {"GET", "HEAD", "POST"}),
-        ("POST", "/clips/1/stats", {"GET", "HEAD"}),
-        ("POST", "/healthz", {"GET", "HEAD"}),
-    ],
-)
-async def test_a_wrong_method_is_405_with_allow(client, pool, method, path, allowed):
-    response = await client.request(method, path, json={"title": "x"})
-    await problem(response, 405)
-    assert set(response.headers["Allow"].split(",")) == allowed
+WRONG_METHODS = [
+    ("PUT", "/clips", {"GET", "HEAD", "POST"}),
+    ("DELETE", "/clips", {"GET", "HEAD", "POST"}),
+    ("POST", "/clips/1/stats", {"GET", "HEAD"}),
+    ("POST", "/healthz", {"GET", "HEAD"}),
+]
+
+
+async def test_a_wrong_method_is_405_with_allow(client, pool, subtests):
+    for method, path, allowed in WRONG_METHODS:
+        with subtests.test(method=method, path=path):
+            response = await client.request(method, path, json={"title": "x"})
+            await problem(response, 405)
+            assert set(response.headers["Allow"].split(",")) == allowed
     assert await pool.fetchval("SELECT count(*) FROM clips") == 0

@@ -83,31 +83,34 @@ async def test_a_valid_row_is_accepted(conn):
     assert await insert(conn, audio_url=None, media_path="demo-rain.wav") >= 1
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"play_count": -1},
-        {"genre": "Rock Music"},
-        {"genre": "rock_"},
-        {"genre": "-rock"},
-        {"genre": "a" * 41},
-        {"title": ""},
-        {"title": "x" * 201},
-        {"description": "x" * 2001},
-        {"duration_seconds": 0.0},
-        {"duration_seconds": -1.0},
-        {"duration_seconds": 86400.5},
-        {"audio_url": "ftp://example.com/a.mp3"},
-        {"audio_url": "HTTP://example.com/a.mp3"},
-        {"audio_url": None},  # no source at all
-        {"media_path": "demo-rain.wav"},  # two sources
-        {"audio_url": None, "media_path": "../etc/passwd"},
-        {"content_type": "video/mp4"},
-    ],
-)
-async def test_the_schema_refuses_bad_clips(conn, change):
-    with pytest.raises(asyncpg.CheckViolationError):
-        await insert(conn, **change)
+BAD_CLIPS = [
+    {"play_count": -1},
+    {"genre": "Rock Music"},
+    {"genre": "rock_"},
+    {"genre": "-rock"},
+    {"genre": "a" * 41},
+    {"title": ""},
+    {"title": "x" * 201},
+    {"description": "x" * 2001},
+    {"duration_seconds": 0.0},
+    {"duration_seconds": -1.0},
+    {"duration_seconds": 86400.5},
+    {"audio_url": "ftp://example.com/a.mp3"},
+    {"audio_url": "HTTP://example.com/a.mp3"},
+    {"audio_url": None},  # no source at all
+    {"media_path": "demo-rain.wav"},  # two sources
+    {"audio_url": None, "media_path": "../etc/passwd"},
+    {"content_type": "video/mp4"},
+]
+
+
+async def test_the_schema_refuses_bad_clips(conn, subtests):
+    for change in BAD_CLIPS:
+        with (
+            subtests.test(change={k: str(v)[:30] for k, v in change.items()}),
+            pytest.raises(asyncpg.CheckViolationError),
+        ):
+            await insert(conn, **change)
     assert await conn.fetchval("SELECT count(*) FROM clips") == 0
 
 
