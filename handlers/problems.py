@@ -72,6 +72,10 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         if error.status < 400:
             raise
         return _from_http_error(request, error).response(request_id)
+    except ConnectionResetError:
+        # The client left (an aborted upload, say): nothing went wrong here and
+        # nobody is left to read an answer; 499 tells the logs and metrics.
+        return web.Response(status=499)
     except UNREACHABLE as error:
         log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
         return Problem(

@@ -91,13 +91,17 @@ class Outcome:
 @contextmanager
 def tracked(request: web.Request):
     """Count how a started stream ends; the body loop sets the outcome's
-    reason when it stops early."""
+    reason when it stops early. A listener leaving ends the block quietly."""
     outcome = Outcome()
     try:
         yield outcome
-    except (asyncio.CancelledError, ConnectionError):
+    except asyncio.CancelledError:
         outcome.reason = "client_gone"
         raise
+    except ConnectionError:
+        # The listener left while we wrote: the stream is over, nothing is
+        # wrong, and there is nobody left to answer.
+        outcome.reason = "client_gone"
     finally:
         source = request.get(STREAM_SOURCE)
         if source is not None:
