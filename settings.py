@@ -73,7 +73,7 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Longest a proxied stream may last, however the origin trickles.
     stream_max_seconds: float = Field(1800.0, alias="STREAM_MAX_SECONDS", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
-    upstream_max_connections: int = Field(256, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
+    upstream_max_connections: int = Field(2048, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
     # "proxy" pipes remote audio through the app; "redirect" counts the play
     # and answers 302 to the clip's audio_url, so the bytes bypass the app.
     stream_mode: Literal["proxy", "redirect"] = Field("proxy", alias="STREAM_MODE")

@@ -10,8 +10,11 @@ from settings import SETTINGS
 
 POOL = web.AppKey("POOL", asyncpg.Pool)
 
-# What a request sees when PostgreSQL is down, restarting or out of
-# connections: the service answers 503 rather than an internal error.
+# The database is away, not the request wrong: down, restarting, out of
+# connections, or answering a (re)connect with "database gone" (3D000),
+# "login refused" (28xxx), "session ended by an administrator or a crash"
+# (57xxx) or "out of resources" (53xxx). Requests answer 503; streams of
+# clips already known keep playing (db/clip_cache.py).
 UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
@@ -19,6 +22,10 @@ UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
 )
 
 

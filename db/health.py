@@ -5,21 +5,7 @@ import asyncio
 import asyncpg
 from asyncpg import Pool
 
-from db import UNAVAILABLE
 from db.queries import SQL
-
-# The database is away, not the request wrong: db.UNAVAILABLE, plus what
-# PostgreSQL answers on (re)connect when the database was dropped or renamed
-# (3D000), the role or password changed (28xxx), an administrator or a crash
-# ended the session (57xxx), or it ran out of resources (53xxx). Without
-# these, a pool reconnecting to a dropped database answered 500.
-UNREACHABLE = (
-    *UNAVAILABLE,
-    asyncpg.InvalidCatalogNameError,
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-)
 
 # Seconds the probe waits for a connection and the answer, together: an
 # orchestrator's probe must get an answer, not a hang behind a full pool.

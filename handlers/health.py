@@ -2,8 +2,8 @@
 
 from aiohttp import web
 
-from db import POOL
-from db.health import UNREACHABLE, applied_migrations
+from db import POOL, UNAVAILABLE
+from db.health import applied_migrations
 from db.migrate import migration_ids
 from handlers.problems import Problem
 
@@ -24,7 +24,7 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready when PostgreSQL answers and every migration is applied."""
     try:
         applied = await applied_migrations(request.app[POOL])
-    except UNREACHABLE as error:
+    except UNAVAILABLE as error:
         raise Problem(
             503, f"database unreachable: {type(error).__name__}", headers={"Retry-After": "2"}
         ) from None

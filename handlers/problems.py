@@ -5,7 +5,7 @@ from http import HTTPStatus
 
 from aiohttp import web
 
-from db.health import UNREACHABLE
+from db import UNAVAILABLE
 from handlers.access import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         # The client left (an aborted upload, say): nothing went wrong here and
         # nobody is left to read an answer; 499 tells the logs and metrics.
         return web.Response(status=499)
-    except UNREACHABLE as error:
+    except UNAVAILABLE as error:
         log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
         return Problem(
             503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
