@@ -70,6 +70,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     upstream_connect_timeout: float = Field(3.0, alias="UPSTREAM_CONNECT_TIMEOUT", gt=0)
     upstream_headers_timeout: float = Field(10.0, alias="UPSTREAM_HEADERS_TIMEOUT", gt=0)
     upstream_read_timeout: float = Field(15.0, alias="UPSTREAM_READ_TIMEOUT", gt=0)
+    # Bytes a proxied stream reads from its origin and writes on at a time.
+    # Memory per slow listener grows with it (about 4x); throughput too.
+    stream_buffer_bytes: int = Field(128 * 1024, alias="STREAM_BUFFER_BYTES", ge=16 * 1024)
     # Longest a proxied stream may last, however the origin trickles.
     stream_max_seconds: float = Field(1800.0, alias="STREAM_MAX_SECONDS", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)

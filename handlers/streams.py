@@ -42,7 +42,7 @@ FORWARD_RESPONSE = (
     "Content-Encoding",
 )
 MIN_PLAY_BYTES = 64 * 1024
-CHUNK_BYTES = 256 * 1024
+FILE_CHUNK_BYTES = 256 * 1024  # sendfile's fallback, when the kernel's cannot be used
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 # Set by the handler: which clip this stream plays; then by count_play:
@@ -166,7 +166,7 @@ async def send_stored(request: web.Request, clip) -> web.StreamResponse:
     if (reason := unsatisfiable(request, stat.st_size, stat.st_mtime)) is not None:
         raise Problem(416, reason, headers={"Content-Range": f"bytes */{stat.st_size}"})
     response = StoredAudio(
-        path, chunk_size=CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
+        path, chunk_size=FILE_CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
     )
     with tracked(request) as outcome:
         await response.prepare(request)  # sendfile: returns once all is sent
@@ -237,7 +237,7 @@ async def send_remote(request: web.Request, clip) -> web.StreamResponse:
             try:
                 # A trickling or endless origin must not hold a stream forever.
                 async with asyncio.timeout(request.app[SETTINGS].stream_max_seconds):
-                    async for chunk in origin.content.iter_chunked(CHUNK_BYTES):
+                    async for chunk in origin.content.iter_chunked(upstream.buffer_bytes):
                         await response.write(chunk)
                         outcome.sent += len(chunk)
             except TimeoutError:

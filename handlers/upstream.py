@@ -136,6 +136,7 @@ class Upstream:
         self.guard = UpstreamGuard(settings.upstream_allow)
         self.resolver = GuardedResolver(self.guard)
         self.headers_timeout = settings.upstream_headers_timeout
+        self.buffer_bytes = settings.stream_buffer_bytes
         self.max_redirects = settings.upstream_max_redirects
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
@@ -151,7 +152,7 @@ class Upstream:
             # Bytes pass through untouched: Content-Length and Range offsets
             # refer to what the origin sent.
             auto_decompress=False,
-            read_bufsize=256 * 1024,
+            read_bufsize=settings.stream_buffer_bytes,
             raise_for_status=False,
         )
 
