@@ -18,6 +18,7 @@ from handlers import uploads
 from handlers.auth import ACCESS
 from handlers.params import BIGINT_MAX, parse_id, parse_json, parse_query, storable, validate
 from handlers.problems import Problem
+from handlers.responses import json_response
 from handlers.upstream import UPSTREAM, UpstreamRefused
 from settings import SETTINGS
 
@@ -104,31 +105,39 @@ def base_url(request: web.Request) -> str:
     return configured.rstrip("/") if configured else f"{request.scheme}://{request.host}"
 
 
-def stream_url(request: web.Request, clip_id: int) -> str:
-    """The clip's stream URL, signed when stream URLs are (see handlers/auth)."""
-    url = yarl.URL(f"{base_url(request)}/clips/{clip_id}/stream")
-    signer = request.app[ACCESS].signer
-    return str(url.with_query(signer.sign(clip_id)) if signer else url)
+class Renderer:
+    """Clip rows as response bodies, for one request: the base URL and the
+    signer are looked up once, not once per clip of a page."""
 
+    def __init__(self, request: web.Request):
+        self.base = base_url(request)
+        self.signer = request.app[ACCESS].signer
 
-def render_clip(request: web.Request, clip: Record) -> dict[str, object]:
-    last_played = clip["last_played_at"]
-    return {
-        "id": clip["id"],
-        "title": clip["title"],
-        "description": clip["description"],
-        "genre": clip["genre"],
-        "duration_seconds": clip["duration_seconds"],
-        "audio_url": clip["audio_url"],
-        "content_type": clip["content_type"],
-        "play_count": clip["play_count"],
-        "last_played_at": last_played.isoformat() if last_played else None,
-        "created_at": clip["created_at"].isoformat(),
-        "size_bytes": clip["size_bytes"],
-        "sha256": clip["sha256"],
-        "bitrate": clip["bitrate"],
-        "stream_url": stream_url(request, clip["id"]),
-    }
+    def stream_url(self, clip_id: int) -> str:
+        """The clip's stream URL, signed when stream URLs are (handlers/auth)."""
+        url = f"{self.base}/clips/{clip_id}/stream"
+        if self.signer:
+            signed = self.signer.sign(clip_id)
+            url += f"?exp={signed['exp']}&sig={signed['sig']}"  # URL-safe already
+        return url
+
+    def clip(self, clip: Record) -> dict[str, object]:
+        return {
+            "id": clip["id"],
+            "title": clip["title"],
+            "description": clip["description"],
+            "genre": clip["genre"],
+            "duration_seconds": clip["duration_seconds"],
+            "audio_url": clip["audio_url"],
+            "content_type": clip["content_type"],
+            "play_count": clip["play_count"],
+            "last_played_at": clip["last_played_at"],
+            "created_at": clip["created_at"],
+            "size_bytes": clip["size_bytes"],
+            "sha256": clip["sha256"],
+            "bitrate": clip["bitrate"],
+            "stream_url": self.stream_url(clip["id"]),
+        }
 
 
 def etag(clip: Record) -> str:
@@ -209,7 +218,8 @@ async def list_clips(request: web.Request) -> web.Response:
             {**request.query, "cursor": encode_cursor(query.sort, page[-1])}
         )
         headers["Link"] = f'<{next_url}>; rel="next"'
-    return web.json_response([render_clip(request, c) for c in page], headers=headers)
+    renderer = Renderer(request)
+    return json_response([renderer.clip(c) for c in page], headers=headers)
 
 
 @routes.get("/clips/{clip_id}")
@@ -218,7 +228,7 @@ async def show_clip(request: web.Request) -> web.Response:
     clip = await clips.get_clip(request.app[POOL], clip_id)
     if clip is None:
         raise Problem(404, f"No clip has id {clip_id}")
-    return web.json_response(render_clip(request, clip), headers={"ETag": etag(clip)})
+    return json_response(Renderer(request).clip(clip), headers={"ETag": etag(clip)})
 
 
 @routes.get("/clips/{clip_id}/stats")
@@ -227,12 +237,12 @@ async def clip_stats(request: web.Request) -> web.Response:
     stats = await clips.get_clip_stats(request.app[POOL], clip_id)
     if stats is None:
         raise Problem(404, f"No clip has id {clip_id}")
-    body = render_clip(request, stats)
+    body = Renderer(request).clip(stats)
     body["plays_by_day"] = [
-        {"date": day.isoformat(), "plays": plays}
+        {"date": day, "plays": plays}
         for day, plays in zip(stats["days"], stats["plays"], strict=True)
     ]
-    return web.json_response(body)
+    return json_response(body)
 
 
 @routes.post("/clips")
@@ -243,8 +253,8 @@ async def create_clip(request: web.Request) -> web.Response:
     else:
         clip = await create_remote(request)
     location = f"{base_url(request)}/clips/{clip['id']}"
-    return web.json_response(
-        render_clip(request, clip), status=201, headers={"Location": location, "ETag": etag(clip)}
+    return json_response(
+        Renderer(request).clip(clip), status=201, headers={"Location": location, "ETag": etag(clip)}
     )
 
 
@@ -316,7 +326,7 @@ async def update_clip(request: web.Request) -> web.Response:
     if updated is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
     request.app[CLIP_CACHE].forget(clip_id)
-    return web.json_response(render_clip(request, updated), headers={"ETag": etag(updated)})
+    return json_response(Renderer(request).clip(updated), headers={"ETag": etag(updated)})
 
 
 @routes.delete("/clips/{clip_id}")

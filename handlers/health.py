@@ -6,6 +6,7 @@ from db import POOL, UNAVAILABLE
 from db.health import applied_migrations
 from db.migrate import migration_ids
 from handlers.problems import Problem
+from handlers.responses import json_response
 
 routes = web.RouteTableDef()
 
@@ -16,7 +17,7 @@ EXPECTED = migration_ids()
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     """The process is alive and serving; says nothing about the database."""
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get("/readyz")
@@ -31,4 +32,4 @@ async def readyz(request: web.Request) -> web.Response:
     missing = sorted(EXPECTED - applied)
     if missing:
         raise Problem(503, f"schema is behind: migrations not applied: {', '.join(missing)}")
-    return web.json_response({"status": "ready", "migrations": len(applied)})
+    return json_response({"status": "ready", "migrations": len(applied)})

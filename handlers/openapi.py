@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from handlers.clips import ClipChanges, NewClip, UploadForm
+from handlers.responses import json_response
 
 routes = web.RouteTableDef()
 
@@ -352,7 +353,7 @@ DOCUMENT = with_access_control(document())
 
 @routes.get("/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(DOCUMENT)
+    return json_response(DOCUMENT)
 
 
 @routes.get("/docs")

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from db import UNAVAILABLE
 from handlers.access import REQUEST_ID
+from handlers.responses import json_response
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Problem(Exception):
             body["errors"] = self.errors
         if request_id:
             body["request_id"] = request_id
-        return web.json_response(
+        return json_response(
             body, status=self.status, headers=self.headers, content_type=CONTENT_TYPE
         )
 
