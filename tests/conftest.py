@@ -6,6 +6,7 @@ test gets a fresh copy of it (CREATE DATABASE ... TEMPLATE, ~50 ms).
 """
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -31,14 +32,17 @@ def with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory):
+def server_url():
     """The admin URL of the PostgreSQL server the suite uses."""
     if os.environ.get("TEST_DATABASE_URL"):
         yield os.environ["TEST_DATABASE_URL"]
         return
-    server = start(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
-    yield server.get_uri()
-    server.cleanup()
+    # Not under pytest's basetemp: a second pytest run resets that tree's
+    # permissions and would cut this run's server off from its files.
+    with tempfile.TemporaryDirectory(prefix="clips-test-pg-") as directory:
+        server = start(Path(directory) / "data", cleanup_mode="delete")
+        yield server.get_uri()
+        server.cleanup()
 
 
 async def _admin(server_url: str, *statements: str) -> None:
