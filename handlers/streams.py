@@ -25,6 +25,7 @@ from handlers.access import BODY_BYTES
 from handlers.metrics import METRICS
 from handlers.params import parse_id
 from handlers.problems import Problem
+from handlers.stored import StoredFile
 from handlers.upstream import UPSTREAM, UpstreamRefused
 from settings import SETTINGS
 
@@ -42,13 +43,13 @@ FORWARD_RESPONSE = (
     "Content-Encoding",
 )
 MIN_PLAY_BYTES = 64 * 1024
-FILE_CHUNK_BYTES = 256 * 1024  # sendfile's fallback, when the kernel's cannot be used
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
-# Set by the handler: which clip this stream plays; then by count_play:
-# the source of a stream that actually started.
+# Set by the handler: which clip this stream plays and from where; then by
+# count_play: that the stream actually started.
 STREAM_CLIP = web.RequestKey("STREAM_CLIP", int)
-STREAM_SOURCE = web.RequestKey("STREAM_SOURCE", str)
+STREAM_SOURCE = web.RequestKey("STREAM_SOURCE", str)  # "stored" or "remote"
+STREAM_STARTED = web.RequestKey("STREAM_STARTED", bool)
 
 
 def is_play(method: str, status: int, content_range: str | None) -> bool:
@@ -72,8 +73,8 @@ async def count_play(request: web.Request, response: web.StreamResponse) -> None
     if clip_id is None or request.method != "GET" or response.status not in (200, 206):
         return
     metrics = request.app[METRICS]
-    source = "stored" if isinstance(response, web.FileResponse) else "remote"
-    request[STREAM_SOURCE] = source
+    request[STREAM_STARTED] = True
+    source = request[STREAM_SOURCE]
     metrics.streams_started.labels(metrics.clip_label(clip_id), source).inc()
     metrics.streams_in_flight.inc()
     if is_play(request.method, response.status, response.headers.get("Content-Range")):
@@ -103,8 +104,8 @@ def tracked(request: web.Request):
         # wrong, and there is nobody left to answer.
         outcome.reason = "client_gone"
     finally:
-        source = request.get(STREAM_SOURCE)
-        if source is not None:
+        if request.get(STREAM_STARTED):
+            source = request[STREAM_SOURCE]
             metrics = request.app[METRICS]
             metrics.streams_in_flight.dec()
             metrics.streams_ended.labels(outcome.reason).inc()
@@ -146,54 +147,18 @@ def is_play_request(method: str, range_header: str | None) -> bool:
     return match is not None and (not match[1] or int(match[1]) + 1 >= MIN_PLAY_BYTES)
 
 
-class StoredAudio(web.FileResponse):
-    """A FileResponse the handler can prepare itself (to see how sending
-    ends) without aiohttp preparing it a second time afterwards."""
-
-    async def prepare(self, request: web.BaseRequest):
-        if self.prepared:
-            return None
-        return await super().prepare(request)
-
-
 async def send_stored(request: web.Request, clip) -> web.StreamResponse:
     path = request.app[SETTINGS].media_dir / clip["media_path"]
-    try:
-        stat = path.stat()
-    except OSError:
-        log.error("clip %s: stored audio %s is missing", clip["id"], path)
-        raise Problem(404, f"The audio of clip {clip['id']} is missing") from None
-    if (reason := unsatisfiable(request, stat.st_size, stat.st_mtime)) is not None:
-        raise Problem(416, reason, headers={"Content-Range": f"bytes */{stat.st_size}"})
-    response = StoredAudio(
-        path, chunk_size=FILE_CHUNK_BYTES, headers={"Content-Type": clip["content_type"]}
-    )
-    with tracked(request) as outcome:
-        await response.prepare(request)  # sendfile: returns once all is sent
-        outcome.sent = response.content_length or 0
-    return response
-
-
-def unsatisfiable(request: web.Request, size: int, mtime: float) -> str | None:
-    """Why FileResponse would answer 416 (with an empty body), so that the
-    answer can be a problem like every other error. Mirrors its rules: a
-    Range is ignored when If-Range is older than the file, a suffix range
-    is always satisfiable, any other must start inside the file."""
-    if "Range" not in request.headers:
-        return None
-    if_range = request.if_range
-    if if_range is not None and mtime > if_range.timestamp():
-        return None
-    try:
-        start = request.http_range.start
-    except ValueError:
-        return f"Range {request.headers['Range'][:100]!r} is malformed"
-    if start is None or (start < 0 and request.http_range.stop is None) or start < size:
-        return None
-    return f"Range starts at byte {start}, past the audio's {size} bytes"
+    request[STREAM_SOURCE] = "stored"
+    with StoredFile(request, path, clip["content_type"]) as stored, tracked(request) as outcome:
+        await stored.response.prepare(request)
+        outcome.sent = await stored.send_body(request)
+        await stored.response.write_eof()
+    return stored.response
 
 
 async def send_remote(request: web.Request, clip) -> web.StreamResponse:
+    request[STREAM_SOURCE] = "remote"
     upstream = request.app[UPSTREAM]
     metrics = request.app[METRICS]
     headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}

@@ -465,3 +465,28 @@ async def test_an_endless_body_is_cut_at_stream_max_seconds(
         await ended.wait()  # and the origin's connection is gone
     text = await (await client.get("/metrics")).text()
     assert metric(text, "clips_streams_ended_total", reason="timeout") == 1
+
+
+@pytest.mark.parametrize("source", SOURCES)
+async def test_if_modified_since_and_if_range(client, source_clip, audio_dir, source):
+    clip_id = await source_clip(source, "big.mp3")
+    first = await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=0-9"})
+    last_modified = first.headers["Last-Modified"]
+    assert first.status == 206
+    unchanged = await client.get(
+        f"/clips/{clip_id}/stream", headers={"If-Modified-Since": last_modified}
+    )
+    assert unchanged.status == 304
+    # If-Range with the current date resumes the range; with an older date
+    # the file changed since, so the whole of it comes back.
+    resumed = await client.get(
+        f"/clips/{clip_id}/stream", headers={"Range": "bytes=10-19", "If-Range": last_modified}
+    )
+    assert resumed.status == 206
+    assert await resumed.read() == (audio_dir / "big.mp3").read_bytes()[10:20]
+    stale = await client.get(
+        f"/clips/{clip_id}/stream",
+        headers={"Range": "bytes=10-19", "If-Range": "Thu, 01 Jan 2015 00:00:00 GMT"},
+    )
+    assert stale.status == 200
+    assert len(await stale.read()) == (audio_dir / "big.mp3").stat().st_size
