@@ -10,7 +10,14 @@ from typing import Annotated
 import yarl
 from aiohttp import web
 from asyncpg import Record
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from db import POOL, clips
 from db.clip_cache import CLIP_CACHE
@@ -33,11 +40,21 @@ Search = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterVa
 
 
 class ListQuery(BaseModel):
+    """GET /clips parameters. An empty value means "not given", as an HTML
+    search form sends `q=` when the box is left empty."""
+
     genre: Genre | None = None
     q: Search | None = None
     sort: clips.Sort = "newest"
     limit: int = Field(50, ge=1, le=200)
     cursor: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
 
 
 Title = Annotated[
@@ -158,7 +175,7 @@ def encode_cursor(sort: clips.Sort, clip: Record) -> str:
     key = {
         "newest": lambda: clip["created_at"].isoformat(),
         "popular": lambda: clip["play_count"],
-        "title": lambda: clip["title"],
+        "title": lambda: clip["title_key"],
     }[sort]()
     raw = json.dumps([sort, key, clip["id"]], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

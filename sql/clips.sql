@@ -29,14 +29,16 @@ ORDER BY play_count DESC, id DESC
 LIMIT $5;
 
 -- name: list_clips_title
--- A page of clips in title order; cursor ($3, $4) = (title, id).
+-- A page of clips in title order, case ignored; cursor ($3, $4) = (title_key, id),
+-- the key as PostgreSQL lowers it (Python's lower() differs on some letters).
 SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
+       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at,
+       lower(title) AS title_key
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
-  AND ($3::text IS NULL OR (title, id) > ($3, $4::bigint))
-ORDER BY title, id
+  AND ($3::text IS NULL OR (lower(title), id) > ($3, $4::bigint))
+ORDER BY lower(title), id
 LIMIT $5;
 
 -- name: create_clip
