@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 
+import asyncpg
+import psycopg
 from aiohttp import web
 
 from db import migrate, pool_ctx
@@ -25,6 +27,15 @@ MAX_JSON_BODY = 64 * 1024
 
 # Options of the HTTP server itself, shared with the tests' server.
 SERVER_OPTIONS = {"access_log_class": access.AccessLogger}
+
+
+async def announce_shutdown(app: web.Application) -> None:
+    """Runs once the listening socket is closed, before in-flight requests
+    are waited for: tells the operator what the next seconds are."""
+    log.info(
+        "shutting down: no new connections; in-flight requests get up to %.0f s",
+        app[SETTINGS].shutdown_grace,
+    )
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -52,10 +63,14 @@ def create_app(settings: Settings) -> web.Application:
             migrate_ctx,
             pool_ctx,
             clip_cache_ctx,
-            plays_ctx(on_commit=app[METRICS].plays.inc),
+            plays_ctx(
+                on_commit=app[METRICS].plays.inc,
+                on_failure=app[METRICS].db_errors.labels("play_write").inc,
+            ),
             upstream_ctx,
         ]
     )
+    app.on_shutdown.append(announce_shutdown)
     app.on_response_prepare.extend([access.add_request_id, cors.add_headers, streams.count_play])
     app.add_routes(
         [
@@ -82,21 +97,27 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Run one server process until SIGINT or SIGTERM."""
     configure_logging(settings)
-    log.info("serving on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        reuse_port=settings.workers > 1,
-        shutdown_timeout=settings.shutdown_grace,
-        print=None,
-        access_log=logging.getLogger("clips.access"),
-        # Cancel a handler when its client goes away, so an abandoned stream
-        # releases its upstream connection at once (aiohttp's test server
-        # always does this).
-        handler_cancellation=True,
-        **SERVER_OPTIONS,
-    )
+    log.info("starting on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+    try:
+        web.run_app(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            reuse_port=settings.workers > 1,
+            shutdown_timeout=settings.shutdown_grace,
+            print=None,
+            access_log=logging.getLogger("clips.access"),
+            # Cancel a handler when its client goes away, so an abandoned
+            # stream releases its upstream connection at once (aiohttp's
+            # test server always does this).
+            handler_cancellation=True,
+            **SERVER_OPTIONS,
+        )
+    except (OSError, asyncpg.PostgresError, psycopg.Error) as error:
+        # Start-up failed (database unreachable, port taken): one line, like
+        # a bad setting, not a traceback.
+        reason = str(error).strip().partition("\n")[0] or type(error).__name__
+        raise SystemExit(f"server: cannot start: {reason}") from None
 
 
 def serve_workers(settings: Settings) -> None:

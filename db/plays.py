@@ -30,9 +30,15 @@ async def count_plays(conn: Pool | Connection, plays: Counter[int]) -> None:
 class PlayCounter:
     RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds, the last one repeats
 
-    def __init__(self, pool: Pool, on_commit: Callable[[int], None] = lambda n: None):
+    def __init__(
+        self,
+        pool: Pool,
+        on_commit: Callable[[int], None] = lambda plays: None,
+        on_failure: Callable[[], None] = lambda: None,
+    ):
         self._pool = pool
         self._on_commit = on_commit
+        self._on_failure = on_failure
         self._pending: Counter[int] = Counter()
         self._writing = False
         self._wake = asyncio.Event()
@@ -58,6 +64,7 @@ class PlayCounter:
             try:
                 await count_plays(self._pool, batch)
             except Exception as error:
+                self._on_failure()
                 self._pending.update(batch)
                 delay = self.RETRY_DELAYS[min(failures, len(self.RETRY_DELAYS) - 1)]
                 failures += 1
@@ -86,9 +93,13 @@ class PlayCounter:
 PLAYS = web.AppKey("PLAYS", PlayCounter)
 
 
-def plays_ctx(on_commit: Callable[[int], None], shutdown_timeout: float = 10.0):
+def plays_ctx(
+    on_commit: Callable[[int], None],
+    on_failure: Callable[[], None],
+    shutdown_timeout: float = 10.0,
+):
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        counter = PlayCounter(app[POOL], on_commit)
+        counter = PlayCounter(app[POOL], on_commit, on_failure)
         app[PLAYS] = counter
         task = asyncio.create_task(counter.run(), name="play-counter")
         try:

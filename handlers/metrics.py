@@ -10,6 +10,7 @@ per received chunk on the streaming hot path) are deliberately not used.
 """
 
 import asyncio
+import contextlib
 import hmac
 import time
 
@@ -21,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from db import POOL
 from handlers.access import route_of
-from handlers.problems import Problem
+from handlers.problems import DB_FAILURE, Problem
 from settings import SETTINGS
 
 # `*_created` series double every counter for no dashboard's benefit.
@@ -121,6 +122,7 @@ class Metrics:
         prometheus_client.ProcessCollector(registry=registry)
         prometheus_client.PlatformCollector(registry=registry)
         prometheus_client.GCCollector(registry=registry)
+        registry.register(_TaskCollector())
 
     def clip_label(self, clip_id: int) -> str:
         """The clip's own label while fewer than the cap exist, else "other"."""
@@ -135,6 +137,17 @@ class Metrics:
     def watch_pool(self, app: web.Application) -> None:
         """Export the app's pool size and use, read at scrape time."""
         self.registry.register(_PoolCollector(app))
+
+
+class _TaskCollector:
+    """Asyncio tasks alive in this worker, read at scrape time: a count that
+    only grows is a leak."""
+
+    def collect(self):
+        tasks = GaugeMetricFamily("clips_event_loop_tasks", "Asyncio tasks alive in this worker")
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to count
+            tasks.add_metric([], len(asyncio.all_tasks()))
+        return [tasks]
 
 
 class _PoolCollector:
@@ -178,6 +191,8 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
     finally:
         metrics.in_progress.labels(route).dec()
         metrics.requests.labels(request.method, route, str(status)).inc()
+        if (failure := request.get(DB_FAILURE)) is not None:
+            metrics.db_errors.labels(failure).inc()
         elapsed = time.perf_counter() - started
         if route == STREAM_ROUTE:
             metrics.stream_seconds.observe(elapsed)

@@ -3,6 +3,7 @@
 import logging
 from http import HTTPStatus
 
+import asyncpg
 from aiohttp import web
 
 from db import UNAVAILABLE
@@ -12,6 +13,8 @@ from handlers.responses import json_response
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/problem+json"
+# Which database failure a request met ("unavailable", "query"), for metrics.
+DB_FAILURE = web.RequestKey("DB_FAILURE", str)
 
 
 class Problem(Exception):
@@ -79,9 +82,12 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         return web.Response(status=499)
     except UNAVAILABLE as error:
         log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
+        request[DB_FAILURE] = "unavailable"
         return Problem(
             503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
         ).response(request_id)
-    except Exception:
+    except Exception as error:
         log.exception("unhandled error: %s %s", request.method, request.path)
+        if isinstance(error, asyncpg.PostgresError):
+            request[DB_FAILURE] = "query"
         return Problem(500, "Internal error").response(request_id)

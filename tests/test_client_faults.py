@@ -6,21 +6,14 @@ import os
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.scrape import metric
 
 MIB = 1024 * 1024
 
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 async def settle(client, name: str, value: float, **labels) -> str:

@@ -3,23 +3,14 @@
 import json
 import logging
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from handlers.access import JsonFormatter
+from tests.scrape import samples
 
 
 async def scrape(client, **headers) -> str:
     response = await client.get("/metrics", headers=headers)
     assert response.status == 200
     return await response.text()
-
-
-def samples(text: str) -> dict[tuple, float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(text: str, name: str, **labels) -> float:

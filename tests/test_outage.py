@@ -8,6 +8,7 @@ import pytest
 from db import POOL, clips, migrate
 from db.embedded import start
 from db.plays import PLAYS
+from tests.scrape import metric
 
 
 @pytest.fixture
@@ -78,6 +79,9 @@ async def test_outage_answers_503_keeps_playing_known_clips_and_loses_no_play(
     # A clip whose metadata this process has seen keeps playing; its plays wait.
     assert [await listen(client, stored_id) for _ in range(2)] == [200] * 2  # during
     assert client.server.app[PLAYS].pending == 2
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "clips_db_errors_total", kind="unavailable") >= 1  # the 503s
+    assert metric(text, "clips_db_errors_total", kind="play_write") >= 1  # plays waiting
 
     await asyncio.to_thread(own_server.start)
 

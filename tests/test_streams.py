@@ -6,9 +6,9 @@ from collections import Counter, defaultdict
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from db.plays import PLAYS
+from tests.scrape import metric
 
 KIB = 1024
 
@@ -40,15 +40,6 @@ async def problem(response, status: int) -> dict:
     body = await response.json()
     assert body["status"] == status
     return body
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample's value from a /metrics body, parsed by prometheus_client."""
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return sample.value
-    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 SOURCES = ["remote", "stored"]
