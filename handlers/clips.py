@@ -239,12 +239,18 @@ async def list_clips(request: web.Request) -> web.Response:
     return json_response([renderer.clip(c) for c in page], headers=headers)
 
 
-@routes.get("/clips/{clip_id}")
-async def show_clip(request: web.Request) -> web.Response:
+async def existing_clip(request: web.Request) -> Record:
+    """The clip the path names, or a 404."""
     clip_id = parse_id(request.match_info["clip_id"])
     clip = await clips.get_clip(request.app[POOL], clip_id)
     if clip is None:
         raise Problem(404, f"No clip has id {clip_id}")
+    return clip
+
+
+@routes.get("/clips/{clip_id}")
+async def show_clip(request: web.Request) -> web.Response:
+    clip = await existing_clip(request)
     return json_response(Renderer(request).clip(clip), headers={"ETag": etag(clip)})
 
 
@@ -325,11 +331,9 @@ async def create_uploaded(request: web.Request) -> Record:
 
 @routes.patch("/clips/{clip_id}")
 async def update_clip(request: web.Request) -> web.Response:
-    clip_id = parse_id(request.match_info["clip_id"])
+    clip = await existing_clip(request)
     changes = (await parse_json(ClipChanges, request)).model_dump(exclude_none=True)
-    clip = await clips.get_clip(request.app[POOL], clip_id)
-    if clip is None:
-        raise Problem(404, f"No clip has id {clip_id}")
+    clip_id = clip["id"]
     check_version(request, clip)
     if "audio_url" in changes:
         if clip["media_path"] is not None:
@@ -348,10 +352,8 @@ async def update_clip(request: web.Request) -> web.Response:
 
 @routes.delete("/clips/{clip_id}")
 async def delete_clip(request: web.Request) -> web.Response:
-    clip_id = parse_id(request.match_info["clip_id"])
-    clip = await clips.get_clip(request.app[POOL], clip_id)
-    if clip is None:
-        raise Problem(404, f"No clip has id {clip_id}")
+    clip = await existing_clip(request)
+    clip_id = clip["id"]
     check_version(request, clip)
     deleted = await clips.delete_clip(request.app[POOL], clip_id, clip["updated_at"])
     if deleted is None:
