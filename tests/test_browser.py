@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
+from db.plays import PLAYS
 from tests.browser import Chromium
 
 SECONDS = {"tune.wav": 20.0, "long.wav": 240.0}
@@ -123,3 +124,37 @@ async def test_audio_plays_and_seeks_in_chromium(
     await plays.flush()
     clip = await (await client.get(f"/clips/{clip_id}")).json()
     assert clip["play_count"] == 1, streams
+
+
+async def test_a_signed_stream_url_plays_with_keys_enforced(
+    settings, make_client, make_clip, player, browser
+):
+    """With API keys on, a page's `<audio src>` cannot send a key: the signed
+    stream_url alone must play it, and the same URL without its signature
+    must not."""
+    read_key = "reader-key-0123456789"
+    client = await make_client(
+        settings.model_copy(
+            update={"api_keys": f"read:{read_key}", "stream_url_secret": ("s" * 32,)}
+        )
+    )
+    clip_id = await make_clip(
+        media_path="tune.wav", content_type="audio/wav", duration_seconds=SECONDS["tune.wav"]
+    )
+    headers = {"Authorization": f"Bearer {read_key}"}
+    clip = await (await client.get(f"/clips/{clip_id}", headers=headers)).json()
+    stream_url = URL(clip["stream_url"])
+    assert {"exp", "sig"} <= set(stream_url.query)
+    assert (await client.get(stream_url.with_query(None).path)).status == 401
+
+    await browser.navigate(str(player.with_query(src=str(stream_url))))
+    await browser.evaluate('document.querySelector("audio").play()')
+    state = await browser.wait_for(
+        AUDIO_STATE, lambda s: s["error"] is not None or s["time"] > 1.0, within=10
+    )
+    assert state["error"] is None, state
+    assert state["duration"] == pytest.approx(SECONDS["tune.wav"], abs=0.05)
+
+    await client.server.app[PLAYS].flush()
+    clip = await (await client.get(f"/clips/{clip_id}", headers=headers)).json()
+    assert clip["play_count"] == 1
