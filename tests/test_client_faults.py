@@ -115,3 +115,27 @@ async def test_a_listener_who_never_reads_holds_the_origin_back(client, make_cli
             break
         await asyncio.sleep(0.02)
     assert endless.open == 0  # the upstream request was released
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /clips?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # URL over 8 KiB
+        b"GET /clips HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+        b"GET /clips HTTP/1.1\r\nHost: x\r\n"
+        + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+        + b"\r\n",  # too many headers
+    ],
+)
+async def test_oversized_requests_are_refused_and_the_server_carries_on(client, request_bytes):
+    """aiohttp's parser refuses these before any handler runs: a plain 400
+    (the one answer not in problem+json) and a closed connection, at once."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        answer = await reader.read()  # until the server closes the connection
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    assert b"Traceback" not in answer
+    assert (await client.get("/healthz")).status == 200
