@@ -1,6 +1,8 @@
 """GET/HEAD /clips/{id}/stream against a real origin on loopback and MEDIA_DIR."""
 
 import asyncio
+import contextlib
+import os
 from collections import Counter, defaultdict
 
 import aiohttp
@@ -481,3 +483,28 @@ async def test_if_modified_since_and_if_range(client, source_clip, audio_dir, so
     )
     assert stale.status == 200
     assert len(await stale.read()) == (audio_dir / "big.mp3").stat().st_size
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/status/500", 502), ("/hang", 504), ("/cut", 200), ("/stall", 200), ("/loop", 502)],
+)
+async def test_no_fault_leaves_a_socket_or_task_behind(client, make_clip, faults, path, status):
+    clip_id = await make_clip(audio_url=str(faults.server.make_url(path)))
+
+    async def fault() -> None:
+        response = await client.get(f"/clips/{clip_id}/stream")
+        assert response.status == status
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            await response.read()
+
+    await fault()  # may leave one healthy keep-alive connection to reuse
+    tasks, fds = await settled_tasks(client), open_fds()
+    for _ in range(5):
+        await fault()
+    assert not await settled_tasks(client) - tasks  # nothing grows fault by fault
+    assert open_fds() <= fds
