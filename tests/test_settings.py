@@ -133,3 +133,11 @@ def test_an_invalid_value_exits_naming_the_variable_not_the_value(environment):
         "invalid setting DATABASE_URL",
     ]
     assert "s3cret" not in str(stopped.value.code)
+
+
+def test_every_setting_is_documented_in_env_example_and_readme():
+    env_example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for field in Settings.model_fields.values():
+        assert f"\n{field.alias}=" in "\n" + env_example, f"{field.alias} not in .env.example"
+        assert f"`{field.alias}`" in readme, f"{field.alias} not in the README"
