@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 # production leaves UPSTREAM_ALLOW empty (public addresses only).
 export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
 
-.PHONY: run test lint check clean test-deps bench
+.PHONY: run test lint check clean test-deps bench soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test-deps:
 # One-command benchmark against a real nginx origin (see bench/README.md).
 bench: $(STAMP)
 	$(PY) -m bench
+
+# Ten minutes of mixed load, looking for leaks (see bench/README.md, "Soak").
+soak: $(STAMP)
+	$(PY) -m bench.soak
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,19 +8,15 @@ and run in their own sessions, so a Ctrl-C reaches only this process.
 """
 
 import asyncio
-import contextlib
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import aiohttp
 
-from bench import catalogue, database, origin, processes, report, service
+from bench import report, rig
 from bench.load import wrk_version
 from bench.options import OptionError, Options
 from bench.scenarios import Bench, api, memory, scaling, streams, ttfb
@@ -29,12 +25,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def run(options: Options) -> int:
-    notes = origin.ensure_tools()
-    fd_limit = processes.raise_fd_limit()
-    cores = processes.Cores.split(options.pin)
-    if cores.load:
-        # The harness's own clients (first-byte probes, slow readers) are load too.
-        os.sched_setaffinity(0, cores.load)
+    host = rig.prepare(options.pin)
+    cores = host.cores
     results = report.Report(
         machine=report.machine(),
         settings={
@@ -45,38 +37,24 @@ async def run(options: Options) -> int:
             "database": "DATABASE_URL (fresh database on it)"
             if options.database_url
             else "embedded PostgreSQL (fresh, temporary)",
-            "fd_limit": fd_limit,
+            "fd_limit": host.fd_limit,
         },
-        notes=notes,
+        notes=host.notes,
     )
     # Other work on a shared machine moves every absolute number: say how busy it was.
     results.machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     began = time.monotonic()
-    async with contextlib.AsyncExitStack() as stack:
-        scratch = Path(tempfile.mkdtemp(prefix="soundverse-bench-"))
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        audio = catalogue.write_audio(scratch / "www")
-        the_origin = await stack.enter_async_context(
-            origin.running(scratch / "www", scratch, cores.servers)
-        )
-        database_url = await stack.enter_async_context(
-            database.fresh(options.database_url, scratch / "pg", cores.servers)
-        )
-        media_dir = scratch / "media"
-        the_catalogue = await catalogue.seed(database_url, audio, media_dir, the_origin.url)
-        app = await stack.enter_async_context(
-            service.running(database_url, media_dir, scratch, options.workers, cores.servers)
-        )
-        session = await stack.enter_async_context(aiohttp.ClientSession())
+    async with rig.running(options.database_url, options.workers, cores) as parts:
+        app = parts.app
         serving = app.workers()
         results.settings.update(
-            origin=the_origin.kind,
+            origin=parts.origin.kind,
             load_generator=wrk_version(),
             app_processes_serving=serving,
-            clips=the_catalogue.clips,
+            clips=parts.catalogue.clips,
         )
         print(
-            f"origin: {the_origin.kind}; {the_catalogue.clips} clips seeded; app pid "
+            f"origin: {parts.origin.kind}; {parts.catalogue.clips} clips seeded; app pid "
             f"{app.pid} serving from {serving} process(es) (WORKERS={options.workers}); "
             f"{cores.describe()}; {options.duration:g} s per run\n",
             flush=True,
@@ -90,14 +68,14 @@ async def run(options: Options) -> int:
             options=options,
             cores=cores,
             app=app,
-            origin=the_origin,
-            catalogue=the_catalogue,
-            session=session,
+            origin=parts.origin,
+            catalogue=parts.catalogue,
+            session=parts.session,
             report=results,
-            scratch=scratch,
+            scratch=parts.scratch,
             results=RESULTS,
-            database_url=database_url,
-            media_dir=media_dir,
+            database_url=parts.database_url,
+            media_dir=parts.media_dir,
             exact_counts=serving == 1,
         )
         print(report.header(), flush=True)
@@ -153,10 +131,7 @@ def main() -> None:
     except OptionError as error:
         raise SystemExit(f"bench: {error}") from None
 
-    def terminate(signum, frame):
-        raise KeyboardInterrupt  # unwinds the exit stack like Ctrl-C
-
-    signal.signal(signal.SIGTERM, terminate)
+    rig.stop_on_sigterm()
     try:
         code = asyncio.run(run(options))
     except KeyboardInterrupt:

@@ -16,13 +16,17 @@ import aiohttp
 STARTED = "clips_streams_started_total"
 
 
-def started_streams(values: dict[str, float], source: str) -> float:
-    """Streams started from `source`, summed over the other labels (the
-    app may also label by clip)."""
+def started_streams(values: dict[str, float], source: str, clip_id: int | None = None) -> float:
+    """Streams started from `source` (of one clip, when given: the app
+    labels its first METRICS_MAX_CLIP_SERIES clips by id), summed over the
+    other labels."""
+    clip = f'clip_id="{clip_id}"'
     return sum(
         value
         for key, value in values.items()
-        if key.split("{")[0] == STARTED and f'source="{source}"' in key
+        if key.split("{")[0] == STARTED
+        and f'source="{source}"' in key
+        and (clip_id is None or clip in key)
     )
 
 
@@ -86,24 +90,44 @@ class Count:
 
 
 class PlayTally:
-    """A snapshot before a scenario; `count()` gives the verdict after it."""
+    """A snapshot before a scenario; `count()` gives the verdict after it.
+
+    The server's started streams are those of the clip's source, or, with
+    `by_clip`, of the clip alone: for runs that stream several clips of one
+    source at once, or seek (a seek starts a stream but is no play)."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, url: str, clip_id: int, source: str, exact: bool
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        clip_id: int,
+        source: str,
+        exact: bool,
+        by_clip: bool = False,
     ):
         self._session, self._url, self._clip_id = session, url, clip_id
         self._source = source
         self._exact = exact
+        self._started_of = clip_id if by_clip else None
         self._plays = self._started = 0
 
     @classmethod
     async def begin(
-        cls, session: aiohttp.ClientSession, url: str, clip_id: int, source: str, exact: bool
+        cls,
+        session: aiohttp.ClientSession,
+        url: str,
+        clip_id: int,
+        source: str,
+        exact: bool,
+        by_clip: bool = False,
     ) -> "PlayTally":
-        tally = cls(session, url, clip_id, source, exact)
+        tally = cls(session, url, clip_id, source, exact, by_clip)
         tally._plays = await settled_play_count(session, url, clip_id, None)
-        tally._started = started_streams(await metrics(session, url), source)
+        tally._started = tally._started_streams(await metrics(session, url))
         return tally
+
+    def _started_streams(self, values: dict[str, float]) -> float:
+        return started_streams(values, self._source, self._started_of)
 
     async def _settled_started(self, bound: float = 10.0) -> float:
         # Streams cut at the end finish (as client_gone) a moment after the
@@ -112,7 +136,7 @@ class PlayTally:
         while True:
             values = await metrics(self._session, self._url)
             if values.get("clips_streams_in_flight", 0) == 0 or time.monotonic() > deadline:
-                return started_streams(values, self._source)
+                return self._started_streams(values)
             await asyncio.sleep(0.05)
 
     async def count(self, completed: int, cut: int) -> Count:

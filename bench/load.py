@@ -3,6 +3,7 @@ the table needs: latency percentiles and every kind of error, non-2xx
 statuses included."""
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -55,6 +56,10 @@ end
 # A request slower than this is an error, not a data point.
 TIMEOUT = "10s"
 
+# A script file per run: the soak runs several wrk at once, and one
+# rewriting a shared file could truncate it under another starting up.
+_RUNS = itertools.count()
+
 
 @dataclass(frozen=True)
 class Load:
@@ -101,7 +106,7 @@ async def run(
     seconds. With `body_bytes` (a big body), statuses are checked by wrk's
     own >= 400 counter and by the byte total instead of in Lua."""
     threads = max(1, min(len(cpus) if cpus else os.cpu_count() or 1, connections))
-    script = scratch / f"wrk-{os.getpid()}-{connections}.lua"
+    script = scratch / f"wrk-{os.getpid()}-{next(_RUNS)}.lua"
     script.write_text(SCRIPT % {"response": "" if body_bytes else RESPONSE})
     argv = [
         "wrk",

@@ -42,14 +42,37 @@ class Options:
             raise OptionError(
                 f"unknown BENCH_SCENARIOS {unknown}; choose from {', '.join(SCENARIOS)}"
             )
-        pin = (env.get("BENCH_PIN") or "auto").lower()
-        if pin not in ("auto", "0", "1"):
-            raise OptionError("BENCH_PIN is auto, 0 or 1")
         return cls(
             duration=duration,
             scenarios=tuple(s for s in SCENARIOS if s in scenarios),
             workers=workers,
             database_url=env.get("DATABASE_URL") or None,
-            pin=pin,
+            pin=read_pin(env),
             profile=(env.get("BENCH_PROFILE") or "").strip(),
         )
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    """`make soak`: minutes of mixed load against one app process."""
+
+    minutes: float = 10.0
+    database_url: str | None = None
+    pin: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> "SoakOptions":
+        try:
+            minutes = float(env.get("SOAK_MINUTES") or 10)
+        except ValueError as error:
+            raise OptionError(f"SOAK_MINUTES must be a number: {error}") from None
+        if minutes <= 0:
+            raise OptionError("SOAK_MINUTES must be > 0")
+        return cls(minutes=minutes, database_url=env.get("DATABASE_URL") or None, pin=read_pin(env))
+
+
+def read_pin(env: dict[str, str]) -> str:
+    pin = (env.get("BENCH_PIN") or "auto").lower()
+    if pin not in ("auto", "0", "1"):
+        raise OptionError("BENCH_PIN is auto, 0 or 1")
+    return pin
