@@ -24,6 +24,19 @@ class Row:
     note: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
+    @classmethod
+    def of_load(cls, result, **fields) -> "Row":
+        """A row for one wrk run: its rates, latencies and errors, plus fields."""
+        return cls(
+            rps=result.rps,
+            mib_s=result.mib_s,
+            p50_ms=result.p50_ms,
+            p99_ms=result.p99_ms,
+            errors=result.error_count,
+            error_kinds=result.errors,
+            **fields,
+        )
+
 
 @dataclass
 class Report:

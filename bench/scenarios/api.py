@@ -43,15 +43,10 @@ async def run(bench: Bench) -> None:
         if target is not None and ratio is not None:
             note += f"; target ≥ {target}×: {verdict(ratio >= target)}"
         bench.report.add(
-            Row(
+            Row.of_load(
+                result,
                 scenario=f"api {name} c{CONNECTIONS}",
                 target="app",
-                rps=result.rps,
-                mib_s=result.mib_s,
-                p50_ms=result.p50_ms,
-                p99_ms=result.p99_ms,
-                errors=result.error_count,
-                error_kinds=result.errors,
                 ratio=None if name == "healthz" else ratio,
                 ratio_to=None if name == "healthz" else "healthz",
                 note=note,

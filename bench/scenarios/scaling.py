@@ -53,15 +53,10 @@ async def measure(
         ratio = result.rps / base if base else None
         note = f"target ≥ {TARGET}×: {verdict(ratio >= TARGET)}; " if ratio else ""
         bench.report.add(
-            Row(
+            Row.of_load(
+                result,
                 scenario=f"scaling {source} c{CONNECTIONS}",
                 target=f"app ({workers} workers)",
-                rps=result.rps,
-                mib_s=result.mib_s,
-                p50_ms=result.p50_ms,
-                p99_ms=result.p99_ms,
-                errors=result.error_count,
-                error_kinds=result.errors,
                 ratio=ratio,
                 ratio_to="1 worker" if ratio else None,
                 count_ok=count.ok,

@@ -71,15 +71,10 @@ async def stream(bench: Bench, source: str, clip, level: int, origin_rps: float)
         notes.append(f"target 0 errors, p99 < {P99_LIMIT_MS} ms: {verdict(ok)}")
     notes.append(f"count {count.describe()}")
     bench.report.add(
-        Row(
+        Row.of_load(
+            result,
             scenario=f"{source} c{level}",
             target="app",
-            rps=result.rps,
-            mib_s=result.mib_s,
-            p50_ms=result.p50_ms,
-            p99_ms=result.p99_ms,
-            errors=result.error_count,
-            error_kinds=result.errors,
             ratio=ratio,
             ratio_to="origin",
             count_ok=count.ok,
