@@ -44,13 +44,18 @@ WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY server.py settings.py ./
 COPY handlers/ handlers/
+COPY web/ web/
+COPY streaming/ streaming/
+COPY storage/ storage/
+COPY schemas/ schemas/
+COPY metrics/ metrics/
 COPY db/ db/
 COPY sql/ sql/
 COPY migrations/ migrations/
 COPY deploy/entrypoint.sh deploy/
 # Code stays root-owned and read-only to the app, compiled ahead of time;
 # only MEDIA_DIR (uploads, `python -m db.seed`) is the app user's.
-RUN python -m compileall -q server.py settings.py handlers db \
+RUN python -m compileall -q server.py settings.py handlers web streaming storage schemas metrics db \
     && mkdir media \
     && chown clips:clips media
 

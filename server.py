@@ -1,24 +1,33 @@
-"""Soundverse Clips: assembly of the application, and its entry point."""
+"""Soundverse Clips: assembly of the application, and its entry point.
+
+`create_app(settings)` builds the app and gives it every resource (pool,
+upstream session, play writer, clip cache, media store, metrics registry)
+through its lifecycle; `main()` reads the settings, sets up logging, and
+runs one server process or supervises WORKERS of them. Nothing imports
+this module (tests/test_architecture.py).
+"""
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
 
-import asyncpg
-import psycopg
 from aiohttp import web
 
-from db import migrate, pool_ctx
+from db import POOL, STARTUP_ERRORS, migrate, pool_ctx
 from db.clip_cache import clip_cache_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
-from handlers import access, auth, clips, cors, health, metrics, openapi, problems, streams
-from handlers.metrics import METRICS, Metrics
-from handlers.upstream import upstream_ctx
+from handlers import clips, docs, health, metrics, streams
+from metrics.registry import METRICS, Metrics
 from settings import SETTINGS, Settings, load_settings
+from storage import MEDIA_STORE, MediaStore
+from streaming.plays import count_play
+from streaming.upstream import upstream_ctx
+from web import auth, cors, instrumentation, problems, requestlog
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_JSON_BODY = 64 * 1024
 
 # Options of the HTTP server itself, shared with the tests' server.
-SERVER_OPTIONS = {"access_log_class": access.AccessLogger}
+SERVER_OPTIONS = {"access_log_class": requestlog.AccessLogger}
 
 
 async def announce_shutdown(app: web.Application) -> None:
@@ -41,8 +50,8 @@ async def announce_shutdown(app: web.Application) -> None:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[
-            access.middleware,
-            metrics.middleware,
+            requestlog.middleware,
+            instrumentation.middleware,
             problems.middleware,
             cors.middleware,
             auth.middleware,
@@ -57,7 +66,10 @@ def create_app(settings: Settings) -> web.Application:
     if not app[auth.ACCESS].keys:
         log.warning("API_KEYS is not set: anyone who can reach this server may use the API")
     app[METRICS] = Metrics(settings.metrics_max_clip_series)
-    app[METRICS].watch_pool(app)
+    app[METRICS].watch_pool(lambda: app.get(POOL))
+    app[MEDIA_STORE] = MediaStore(
+        settings.media_dir, on_error=lambda op: app[METRICS].storage_errors.labels(op).inc()
+    )
     app.cleanup_ctx.extend(
         [
             migrate_ctx,
@@ -71,13 +83,13 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     app.on_shutdown.append(announce_shutdown)
-    app.on_response_prepare.extend([access.add_request_id, cors.add_headers, streams.count_play])
+    app.on_response_prepare.extend([requestlog.add_request_id, cors.add_headers, count_play])
     app.add_routes(
         [
             *health.routes,
             *clips.routes,
             *streams.routes,
-            *openapi.routes,
+            *docs.routes,
             *metrics.routes(app[METRICS]),
         ]
     )
@@ -85,9 +97,10 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def configure_logging(settings: Settings) -> None:
+    """Once per process: main() for the first, worker() for each worker."""
     handler = logging.StreamHandler()
     if settings.log_format == "json":
-        handler.setFormatter(access.JsonFormatter())
+        handler.setFormatter(requestlog.JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
@@ -96,7 +109,6 @@ def configure_logging(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """Run one server process until SIGINT or SIGTERM."""
-    configure_logging(settings)
     log.info("starting on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
     try:
         web.run_app(
@@ -113,48 +125,69 @@ def serve(settings: Settings) -> None:
             handler_cancellation=True,
             **SERVER_OPTIONS,
         )
-    except (OSError, asyncpg.PostgresError, psycopg.Error) as error:
+    except (OSError, *STARTUP_ERRORS) as error:
         # Start-up failed (database unreachable, port taken): one line, like
         # a bad setting, not a traceback.
         reason = str(error).strip().partition("\n")[0] or type(error).__name__
         raise SystemExit(f"server: cannot start: {reason}") from None
 
 
+def worker(settings: Settings) -> None:
+    """A worker process's entry point (a fresh interpreter: spawn)."""
+    configure_logging(settings)
+    serve(settings)
+
+
 def serve_workers(settings: Settings) -> None:
     """WORKERS processes share the port through SO_REUSEPORT; the kernel
     spreads connections across them. This process only supervises: it
-    forwards SIGTERM and SIGINT and exits with the first failure."""
+    forwards SIGTERM and SIGINT to every worker and waits for them all. If
+    a worker dies on its own, the others are stopped and the supervisor
+    exits non-zero, so the orchestrator (Compose, Kubernetes, systemd)
+    restarts the whole set rather than it serving on at reduced capacity."""
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=serve, args=(settings,), name=f"worker-{n}")
+        context.Process(target=worker, args=(settings,), name=f"worker-{n}")
         for n in range(settings.workers)
     ]
-    for worker in workers:
-        worker.start()
+    for process in workers:
+        process.start()
+    stopping = False
 
-    def stop(signum: int, frame: object) -> None:
-        for worker in workers:
-            if worker.is_alive():
-                os.kill(worker.pid, signal.SIGTERM)
+    def stop(signum: int = signal.SIGTERM, frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    for worker in workers:
-        worker.join()
-    sys.exit(max((w.exitcode or 0) for w in workers))
+    multiprocessing.connection.wait([p.sentinel for p in workers])
+    died = None if stopping else next(p for p in workers if not p.is_alive())
+    if died is not None:
+        log.error(
+            "%s (pid %d) exited (%s): stopping the others", died.name, died.pid, died.exitcode
+        )
+        stop()
+    for process in workers:
+        process.join()
+    if died is not None:
+        sys.exit(died.exitcode if died.exitcode and died.exitcode > 0 else 1)
+    sys.exit(max(abs(p.exitcode or 0) for p in workers))
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging(settings)
     with database(settings) as url:
-        settings = settings.model_copy(update={"database_url": url})
+        settings = settings.changed({"database_url": url})
         if settings.workers == 1:
             serve(settings)
             return
         if settings.migrate_on_start:  # once, before the workers race for it
             migrate.apply(url)
-        serve_workers(settings.model_copy(update={"migrate_on_start": False}))
+        serve_workers(settings.changed({"migrate_on_start": False}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Every knob of the service, typed and validated once at start-up.
 
 Only `server.main()` and the command-line entry points read the environment;
-everything else receives a `Settings` instance.
+everything else receives a `Settings` instance. This module imports nothing
+of the project's (tests/test_architecture.py checks it): every other part may
+depend on it.
 """
 
 import os
@@ -14,6 +16,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -29,6 +32,27 @@ def _split_commas(value: object) -> object:
 
 
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
+
+ROLES = ("read", "write")
+MIN_KEY_LENGTH = 16
+
+
+def parse_keys(text: str, source: str) -> list[tuple[str, str]]:
+    """`role:key` entries separated by commas or lines (`#` starts a comment),
+    as API_KEYS and API_KEYS_FILE hold them. Errors name the entry's
+    position, never the key."""
+    entries = []
+    items = [i.split("#", 1)[0].strip() for line in text.splitlines() for i in line.split(",")]
+    for number, item in enumerate(filter(None, items), start=1):
+        role, sep, key = item.partition(":")
+        role = role.strip()
+        key = key.strip()
+        if not sep or role not in ROLES:
+            raise ValueError(f"{source} entry {number}: expected read:<key> or write:<key>")
+        if len(key) < MIN_KEY_LENGTH:
+            raise ValueError(f"{source} entry {number}: keys need {MIN_KEY_LENGTH}+ characters")
+        entries.append((role, key))
+    return entries
 
 
 class Settings(BaseModel, frozen=True, populate_by_name=True):
@@ -81,7 +105,7 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # and answers 302 to the clip's audio_url, so the bytes bypass the app.
     stream_mode: Literal["proxy", "redirect"] = Field("proxy", alias="STREAM_MODE")
 
-    # Access control (handlers/auth.py). No keys: the API is open.
+    # Access control (web/auth.py). No keys: the API is open.
     api_keys: str | None = Field(None, alias="API_KEYS", repr=False)
     api_keys_file: Path | None = Field(None, alias="API_KEYS_FILE")
     # Comma-separated; the first signs stream URLs, all verify (rotation).
@@ -104,10 +128,21 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             raise ValueError(f"must start with postgresql://, not {scheme[:20]}://")
         return value
 
-    def api_key_entries(self) -> list[tuple[str, str]]:
-        """(role, key) pairs from API_KEYS and API_KEYS_FILE."""
-        from handlers.auth import parse_keys  # the format lives with its user
+    # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the
+    # settings are validated.
+    _api_key_entries: tuple[tuple[str, str], ...] = PrivateAttr(())
 
+    def changed(self, updates: dict[str, object]) -> "Settings":
+        """A copy with `updates` (by field name), validated again as a whole:
+        unlike model_copy(update=...), every check and derived value holds."""
+        return Settings.model_validate({**self.model_dump(), **updates})
+
+    def api_key_entries(self) -> tuple[tuple[str, str], ...]:
+        """(role, key) pairs from API_KEYS and API_KEYS_FILE."""
+        return self._api_key_entries
+
+    @model_validator(mode="after")
+    def _keys_are_usable(self) -> "Settings":
         entries = parse_keys(self.api_keys or "", "API_KEYS")
         if self.api_keys_file is not None:
             try:
@@ -115,11 +150,8 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             except OSError as error:
                 raise ValueError(f"API_KEYS_FILE: cannot read it ({error.strerror})") from None
             entries += parse_keys(text, "API_KEYS_FILE")
-        return entries
-
-    @model_validator(mode="after")
-    def _keys_are_usable(self) -> "Settings":
-        if self.api_key_entries() and not self.stream_url_secret:
+        self._api_key_entries = tuple(entries)
+        if entries and not self.stream_url_secret:
             raise ValueError(
                 "STREAM_URL_SECRET is required with API keys: it signs the stream URLs"
                 " that let <audio> play without a key"

@@ -1,9 +1,19 @@
-"""The PostgreSQL pool, owned by the application's lifecycle."""
+"""The data layer: the PostgreSQL pool, owned by the application's lifecycle,
+and the one error type its callers see.
+
+Imports only itself and `settings`. Every query function of a table module
+(db/clips.py, db/plays.py, db/health.py) is wrapped by `@translated`, so a
+caller never meets an asyncpg exception, and an `OSError` from elsewhere
+(a disk, the upstream guard) can never pass for a database outage.
+"""
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import asyncpg
+import psycopg
 from aiohttp import web
 
 from settings import SETTINGS
@@ -13,9 +23,9 @@ POOL = web.AppKey("POOL", asyncpg.Pool)
 # The database is away, not the request wrong: down, restarting, out of
 # connections, or answering a (re)connect with "database gone" (3D000),
 # "login refused" (28xxx), "session ended by an administrator or a crash"
-# (57xxx) or "out of resources" (53xxx). Requests answer 503; streams of
-# clips already known keep playing (db/clip_cache.py).
-UNAVAILABLE = (
+# (57xxx) or "out of resources" (53xxx). Inside a query function, an OSError
+# or a timeout can only be the connection to PostgreSQL.
+_UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -27,6 +37,44 @@ UNAVAILABLE = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )
+
+
+# What can stop the server from starting on the database's side (migrating
+# with psycopg, opening the pool with asyncpg), besides an OSError.
+STARTUP_ERRORS = (asyncpg.PostgresError, psycopg.Error)
+
+
+class DatabaseError(Exception):
+    """A query failed; `__cause__` is the driver's exception."""
+
+    kind = "query"
+
+
+class DatabaseUnavailable(DatabaseError):
+    """PostgreSQL cannot be reached or refuses work right now: requests answer
+    503; streams of clips already known keep playing (db/clip_cache.py)."""
+
+    kind = "unavailable"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def translated(query: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Decorate a query function: driver errors leave it as DatabaseError or
+    DatabaseUnavailable, with the original as `__cause__`."""
+
+    @functools.wraps(query)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await query(*args, **kwargs)
+        except _UNAVAILABLE as error:
+            raise DatabaseUnavailable(f"{type(error).__name__}: {error}") from error
+        except asyncpg.PostgresError as error:
+            raise DatabaseError(f"{type(error).__name__}: {error}") from error
+
+    return run
 
 
 async def keep_session(connection: asyncpg.Connection) -> None:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from asyncpg import Pool, Record
 
-from db import POOL, UNAVAILABLE, clips
+from db import POOL, DatabaseUnavailable, clips
 from settings import SETTINGS
 
 
@@ -31,6 +31,8 @@ class ClipCache:
         self._loading: dict[int, asyncio.Future[Record | None]] = {}
 
     async def get(self, clip_id: int) -> Record | None:
+        """The clip's row, or None; raises DatabaseUnavailable only when
+        PostgreSQL is away and the clip was never seen."""
         known = self._rows.get(clip_id)
         if known is not None and time.monotonic() - known[0] < self._ttl:
             return known[1]
@@ -41,7 +43,7 @@ class ClipCache:
             loading.add_done_callback(lambda _: self._loading.pop(clip_id, None))
         try:
             row = await asyncio.shield(loading)
-        except UNAVAILABLE:
+        except DatabaseUnavailable:
             if known is not None:
                 return known[1]  # stale beats failing while the database is away
             raise

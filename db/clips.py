@@ -1,24 +1,34 @@
-"""Queries on the `clips` table."""
+"""Queries on the `clips` table (sql/clips.sql).
+
+Rows come back as asyncpg records carrying every column of the table
+(`clips.*`); schemas/clips.py says which of them a response shows.
+"""
 
 from datetime import datetime
 from typing import Literal
 
 from asyncpg import Connection, Pool, Record
 
+from db import translated
 from db.queries import SQL
 
 Sort = Literal["newest", "popular", "title"]
 Conn = Pool | Connection
+# A clip as the table stores it: every column, by name.
+Row = Record
 
 
-async def get_clip(conn: Conn, clip_id: int) -> Record | None:
+@translated
+async def get_clip(conn: Conn, clip_id: int) -> Row | None:
     return await conn.fetchrow(SQL["get_clip"], clip_id)
 
 
-async def get_clip_stats(conn: Conn, clip_id: int) -> Record | None:
+@translated
+async def get_clip_stats(conn: Conn, clip_id: int) -> Row | None:
     return await conn.fetchrow(SQL["get_clip_stats"], clip_id)
 
 
+@translated
 async def list_clips(
     conn: Conn,
     *,
@@ -27,12 +37,13 @@ async def list_clips(
     pattern: str | None,
     after: tuple[object, int] | None,
     limit: int,
-) -> list[Record]:
+) -> list[Row]:
     """A page of clips in `sort` order, strictly after the keyset `after`."""
     key, last_id = after if after else (None, None)
     return await conn.fetch(SQL[f"list_clips_{sort}"], genre, pattern, key, last_id, limit)
 
 
+@translated
 async def create_clip(
     conn: Conn,
     *,
@@ -46,7 +57,7 @@ async def create_clip(
     size_bytes: int | None = None,
     sha256: str | None = None,
     bitrate: int | None = None,
-) -> Record:
+) -> Row:
     return await conn.fetchrow(
         SQL["create_clip"],
         title,
@@ -62,9 +73,10 @@ async def create_clip(
     )
 
 
+@translated
 async def update_clip(
     conn: Conn, clip_id: int, version: datetime, changes: dict[str, object]
-) -> Record | None:
+) -> Row | None:
     """Apply `changes` (title, description, genre, duration_seconds,
     audio_url, content_type) if the clip's version is still `version`."""
     fields = ("title", "description", "genre", "duration_seconds", "audio_url", "content_type")
@@ -73,7 +85,8 @@ async def update_clip(
     )
 
 
-async def delete_clip(conn: Conn, clip_id: int, version: datetime) -> Record | None:
+@translated
+async def delete_clip(conn: Conn, clip_id: int, version: datetime) -> Row | None:
     """Delete the clip if its version is still `version`; returns its
     media_path (None for remote audio), or no row."""
     return await conn.fetchrow(SQL["delete_clip"], clip_id, version)

@@ -5,6 +5,7 @@ import asyncio
 import asyncpg
 from asyncpg import Pool
 
+from db import translated
 from db.queries import SQL
 
 # Seconds the probe waits for a connection and the answer, together: an
@@ -12,8 +13,10 @@ from db.queries import SQL
 PROBE_TIMEOUT = 2.0
 
 
+@translated
 async def applied_migrations(pool: Pool) -> frozenset[str]:
-    """The ids of applied migrations; empty when yoyo never ran here."""
+    """The ids of applied migrations; empty when yoyo never ran here.
+    Raises DatabaseUnavailable when PostgreSQL does not answer in time."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             rows = await pool.fetch(SQL["applied_migrations"])

@@ -6,6 +6,7 @@ wants plain `postgresql://`: both come from the one DATABASE_URL.
 
 import argparse
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from aiohttp import web
 from yoyo import get_backend, read_migrations
 
 from settings import SETTINGS
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -30,13 +33,18 @@ def migration_ids() -> frozenset[str]:
     return frozenset(m.id for m in read_migrations(str(MIGRATIONS_DIR)))
 
 
-def apply(database_url: str) -> None:
+def apply(database_url: str) -> int:
+    """Apply every pending migration, under yoyo's lock (replicas starting
+    together wait for each other). Returns how many were applied."""
     backend = get_backend(yoyo_url(database_url))
     try:
         with backend.lock():
-            backend.apply_migrations(backend.to_apply(read_migrations(str(MIGRATIONS_DIR))))
+            pending = backend.to_apply(read_migrations(str(MIGRATIONS_DIR)))
+            backend.apply_migrations(pending)
     finally:
         backend.connection.close()
+    log.info("migrations applied (%d new)", len(pending))
+    return len(pending)
 
 
 def rollback(database_url: str) -> None:
@@ -49,9 +57,15 @@ def rollback(database_url: str) -> None:
         backend.connection.close()
 
 
+# The migration ids this code needs applied, read from migrations/ when the
+# app starts (the readiness probe compares them with the database's).
+EXPECTED_MIGRATIONS = web.AppKey("EXPECTED_MIGRATIONS", frozenset)
+
+
 async def migrate_ctx(app: web.Application) -> AsyncIterator[None]:
     """Apply pending migrations before the pool opens (MIGRATE_ON_START)."""
     settings = app[SETTINGS]
+    app[EXPECTED_MIGRATIONS] = await asyncio.to_thread(migration_ids)
     if settings.migrate_on_start:
         await asyncio.to_thread(apply, settings.database_url)
     yield

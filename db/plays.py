@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from asyncpg import Connection, Pool
 
-from db import POOL
+from db import POOL, translated
 from db.queries import SQL
 
 log = logging.getLogger(__name__)
 
 
+@translated
 async def count_plays(conn: Pool | Connection, plays: Counter[int]) -> None:
     clip_ids = sorted(plays)
     await conn.execute(SQL["count_plays"], clip_ids, [plays[i] for i in clip_ids])

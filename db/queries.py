@@ -29,10 +29,11 @@ class Queries(Mapping[str, str]):
         self._queries = queries
 
     @classmethod
-    def load(cls, directory: Path) -> "Queries":
+    def load(cls, directory: Path, pattern: str = "*.sql") -> "Queries":
+        """Every query of the files `pattern` matches in `directory`."""
         queries: dict[str, str] = {}
         where: dict[str, str] = {}
-        for path in sorted(directory.glob("*.sql")):
+        for path in sorted(directory.glob(pattern)):
             text = path.read_text(encoding="utf-8")
             headers = list(_HEADER.finditer(text))
             if not headers or _code(text[: headers[0].start()]):

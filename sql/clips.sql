@@ -1,15 +1,18 @@
+-- Queries on the clips table (db/clips.py). Every query that returns clips
+-- returns `clips.*`: the table, as migrations/ define it, is the one column
+-- list, and tests/test_queries.py checks that each returns every field of
+-- the API's Clip (schemas/clips.py).
+
 -- name: get_clip
 -- One clip, or no row.
-SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
+SELECT clips.*
 FROM clips
 WHERE id = $1;
 
 -- name: list_clips_newest
 -- A page of clips, newest first. $1 genre, $2 ILIKE pattern (both optional),
 -- $3/$4 the keyset cursor (created_at, id) of the last row already seen, $5 limit.
-SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
+SELECT clips.*
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
@@ -19,8 +22,7 @@ LIMIT $5;
 
 -- name: list_clips_popular
 -- A page of clips, most played first; cursor ($3, $4) = (play_count, id).
-SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at
+SELECT clips.*
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
@@ -31,9 +33,7 @@ LIMIT $5;
 -- name: list_clips_title
 -- A page of clips in title order, case ignored; cursor ($3, $4) = (title_key, id),
 -- the key as PostgreSQL lowers it (Python's lower() differs on some letters).
-SELECT id, title, description, genre, duration_seconds, audio_url, media_path,
-       content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at,
-       lower(title) AS title_key
+SELECT clips.*, lower(title) AS title_key
 FROM clips
 WHERE ($1::text IS NULL OR genre = $1)
   AND ($2::text IS NULL OR title ILIKE $2 OR description ILIKE $2)
@@ -47,16 +47,12 @@ LIMIT $5;
 INSERT INTO clips (title, description, genre, duration_seconds, audio_url, media_path,
                    content_type, size_bytes, sha256, bitrate)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-RETURNING id, title, description, genre, duration_seconds, audio_url, media_path,
-          content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at;
+RETURNING clips.*;
 
 -- name: get_clip_stats
 -- One clip with its plays per UTC day for the last 30 days (zeros included,
 -- oldest first), or no row.
-SELECT c.id, c.title, c.description, c.genre, c.duration_seconds, c.audio_url, c.media_path,
-       c.content_type, c.play_count, c.last_played_at, c.created_at,
-       c.size_bytes, c.sha256, c.bitrate, c.updated_at,
-       daily.days, daily.plays
+SELECT c.*, daily.days, daily.plays
 FROM clips c
 CROSS JOIN LATERAL (
     SELECT array_agg(d.day::date ORDER BY d.day) AS days,
@@ -66,21 +62,6 @@ CROSS JOIN LATERAL (
     LEFT JOIN clip_plays_daily p ON p.clip_id = c.id AND p.day = d.day::date
 ) AS daily
 WHERE c.id = $1;
-
--- name: seed_stored_clip
--- Insert a demo clip stored in MEDIA_DIR unless its file is already catalogued.
--- (NOT EXISTS rather than ON CONFLICT: a conflicting insert would still use
--- up an id, and every `make run` seeds again.) The unique index on
--- media_path still guards against a concurrent seed.
-INSERT INTO clips (title, description, genre, duration_seconds, media_path, content_type)
-SELECT $1, $2, $3, $4, $5, $6
-WHERE NOT EXISTS (SELECT 1 FROM clips WHERE media_path = $5);
-
--- name: seed_remote_clip
--- Insert a demo clip with a remote URL unless one with that URL exists.
-INSERT INTO clips (title, description, genre, duration_seconds, audio_url, content_type)
-SELECT $1, $2, $3, $4, $5, $6
-WHERE NOT EXISTS (SELECT 1 FROM clips WHERE audio_url = $5);
 
 -- name: update_clip
 -- Change the given fields of one clip ($2-$7; NULL keeps a field) if its
@@ -94,8 +75,7 @@ SET title = coalesce($2, title),
     content_type = coalesce($7, content_type),
     updated_at = clock_timestamp()
 WHERE id = $1 AND updated_at = $8
-RETURNING id, title, description, genre, duration_seconds, audio_url, media_path,
-          content_type, play_count, last_played_at, created_at, size_bytes, sha256, bitrate, updated_at;
+RETURNING clips.*;
 
 -- name: delete_clip
 -- Delete one clip if its version still is $2; returns its stored file name.

@@ -5,7 +5,8 @@ import time
 import pytest
 import yarl
 
-from handlers.auth import ApiKeys, StreamSigner, parse_keys
+from settings import parse_keys
+from web.auth import ApiKeys, StreamSigner
 
 READ_KEY = "read-key-0123456789abcdef"
 WRITE_KEY = "write-key-0123456789abcdef"
@@ -17,8 +18,8 @@ NEW_CLIP = {"title": "T", "genre": "rock", "duration_seconds": 5.0,
 @pytest.fixture
 async def keyed(settings, make_client):
     return await make_client(
-        settings.model_copy(
-            update={
+        settings.changed(
+            {
                 "api_keys": f"read:{READ_KEY},write:{WRITE_KEY}",
                 "stream_url_secret": (SECRET,),
                 "cors_origins": ("https://app.example.com",),
@@ -93,7 +94,7 @@ def test_keys_are_kept_as_digests_and_compared_in_constant_time(monkeypatch):
     keys = ApiKeys(parse_keys(f"read:{READ_KEY}\n# a comment\nwrite:{WRITE_KEY}", "test"))
     assert READ_KEY not in repr(vars(keys)) and WRITE_KEY not in repr(vars(keys))
     compared = []
-    import handlers.auth as auth
+    import web.auth as auth
 
     real = auth.hmac.compare_digest
     monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
@@ -160,11 +161,9 @@ async def test_tampered_expired_and_cross_clip_signatures_are_403(keyed, clip_id
 
 async def test_rotation_accepts_old_and_new_secrets(settings, make_client, clip_id):
     common = {"api_keys": f"read:{READ_KEY}", "stream_url_ttl": 3600}
-    old = await make_client(settings.model_copy(update={**common, "stream_url_secret": (SECRET,)}))
+    old = await make_client(settings.changed({**common, "stream_url_secret": (SECRET,)}))
     rotated = await make_client(
-        settings.model_copy(
-            update={**common, "stream_url_secret": ("new-secret-0123456789", SECRET)}
-        )
+        settings.changed({**common, "stream_url_secret": ("new-secret-0123456789", SECRET)})
     )
     old_url = await signed_url(old, clip_id)
     assert (await rotated.get(old_url.path_qs)).status == 200

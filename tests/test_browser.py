@@ -134,9 +134,7 @@ async def test_a_signed_stream_url_plays_with_keys_enforced(
     must not."""
     read_key = "reader-key-0123456789"
     client = await make_client(
-        settings.model_copy(
-            update={"api_keys": f"read:{read_key}", "stream_url_secret": ("s" * 32,)}
-        )
+        settings.changed({"api_keys": f"read:{read_key}", "stream_url_secret": ("s" * 32,)})
     )
     clip_id = await make_clip(
         media_path="tune.wav", content_type="audio/wav", duration_seconds=SECONDS["tune.wav"]

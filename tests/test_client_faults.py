@@ -61,7 +61,7 @@ async def test_1000_listeners_leaving_mid_stream_leave_nothing_behind(
     # App, origin and the 1,000 listeners share this one event loop (and the
     # origin's accept backlog): give the origin time to answer them all.
     patient = {f"upstream_{t}_timeout": 30.0 for t in ("connect", "headers", "read")}
-    client = await make_client(settings.model_copy(update=patient))
+    client = await make_client(settings.changed(patient))
     clip_id = await make_clip(audio_url=str(origin.make_url("/audio/big.mp3")))
     url = client.make_url(f"/clips/{clip_id}/stream")
     await (await client.get("/healthz")).read()

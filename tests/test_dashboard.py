@@ -144,7 +144,7 @@ def free_port() -> int:
 @pytest.fixture
 def settings(settings):
     # Upstream timeouts are part of the traffic: keep each one short.
-    return settings.model_copy(update={"upstream_headers_timeout": 0.2})
+    return settings.changed({"upstream_headers_timeout": 0.2})
 
 
 @pytest.fixture

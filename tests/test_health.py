@@ -31,7 +31,7 @@ async def test_readyz_is_200_on_a_migrated_database(client):
 
 
 async def test_readyz_is_503_when_no_migration_ran(make_client, settings, empty_database_url):
-    client = await make_client(settings.model_copy(update={"database_url": empty_database_url}))
+    client = await make_client(settings.changed({"database_url": empty_database_url}))
     response, body, _ = await ready(client)
     assert response.status == 503
     assert response.content_type == PROBLEM
@@ -50,7 +50,7 @@ async def test_readyz_is_503_naming_the_migrations_not_yet_applied(
             backend.apply_migrations(backend.to_apply(migrations)[:-1])
     finally:
         backend.connection.close()
-    client = await make_client(settings.model_copy(update={"database_url": empty_database_url}))
+    client = await make_client(settings.changed({"database_url": empty_database_url}))
     response, body, _ = await ready(client)
     assert response.status == 503
     assert migrations[-1].id in body["detail"]
@@ -61,7 +61,7 @@ async def test_migrate_on_start_makes_an_empty_database_ready(
     make_client, settings, empty_database_url
 ):
     client = await make_client(
-        settings.model_copy(update={"database_url": empty_database_url, "migrate_on_start": True})
+        settings.changed({"database_url": empty_database_url, "migrate_on_start": True})
     )
     response, _, _ = await ready(client)
     assert response.status == 200
@@ -94,9 +94,7 @@ async def test_readyz_is_503_when_the_database_never_existed(make_client, settin
     missing = urlsplit(server_url)._replace(path="/no_such_database").geturl()
     # DB_POOL_MIN=0: the app starts without connecting, as it would when
     # the database is created after the service.
-    client = await make_client(
-        settings.model_copy(update={"database_url": missing, "db_pool_min": 0})
-    )
+    client = await make_client(settings.changed({"database_url": missing, "db_pool_min": 0}))
     response, body, elapsed = await ready(client)
     assert response.status == 503
     assert "unreachable" in body["detail"]
@@ -109,9 +107,7 @@ async def test_readyz_is_503_when_nothing_listens(make_client, settings, tmp_pat
         "postgresql://postgres@127.0.0.1:1/clips",  # a closed port
         f"postgresql://postgres@/clips?host={tmp_path}",  # a socket dir without a server
     ):
-        client = await make_client(
-            settings.model_copy(update={"database_url": url, "db_pool_min": 0})
-        )
+        client = await make_client(settings.changed({"database_url": url, "db_pool_min": 0}))
         response, _, elapsed = await ready(client)
         assert response.status == 503, url
         assert elapsed < 3

@@ -3,8 +3,8 @@
 import json
 import logging
 
-from handlers.access import JsonFormatter
 from tests.scrape import samples
+from web.requestlog import JsonFormatter
 
 
 async def scrape(client, **headers) -> str:
@@ -62,7 +62,7 @@ async def test_hostile_input_does_not_grow_the_number_of_series(client):
 
 
 async def test_clip_series_are_capped(settings, make_client, make_clip):
-    client = await make_client(settings.model_copy(update={"metrics_max_clip_series": 3}))
+    client = await make_client(settings.changed({"metrics_max_clip_series": 3}))
     ids = []
     for i in range(5):
         (settings.media_dir / f"s{i}.mp3").write_bytes(b"\xff" * 100)
@@ -88,9 +88,7 @@ async def test_pool_and_process_metrics_are_exported(client):
 
 
 async def test_metrics_token_protects_the_scrape(settings, make_client):
-    client = await make_client(
-        settings.model_copy(update={"metrics_token": "s3cret-token-0123456789"})
-    )
+    client = await make_client(settings.changed({"metrics_token": "s3cret-token-0123456789"}))
     refused = await client.get("/metrics")
     assert refused.status == 401
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from handlers.openapi import DOCUMENT
+from handlers.docs import DOCUMENT
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 

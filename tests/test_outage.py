@@ -23,8 +23,8 @@ async def own_server(tmp_path):
 @pytest.fixture
 async def outage_client(own_server, settings, make_client):
     return await make_client(
-        settings.model_copy(
-            update={
+        settings.changed(
+            {
                 "database_url": own_server.get_uri(),
                 "db_acquire_timeout": 1.0,
                 "db_query_timeout": 1.0,

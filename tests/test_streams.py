@@ -356,7 +356,7 @@ async def test_redirect_within_allowed_hosts_is_followed(
 
 @pytest.fixture
 async def redirect_client(settings, make_client):
-    return await make_client(settings.model_copy(update={"stream_mode": "redirect"}))
+    return await make_client(settings.changed({"stream_mode": "redirect"}))
 
 
 @pytest.mark.parametrize(
@@ -448,7 +448,7 @@ async def test_an_endless_body_is_cut_at_stream_max_seconds(
 ):
     replies, port, ended = hostile
     replies["/endless"] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-    client = await make_client(settings.model_copy(update={"stream_max_seconds": 1.0}))
+    client = await make_client(settings.changed({"stream_max_seconds": 1.0}))
     clip_id = await make_clip(audio_url=f"http://127.0.0.1:{port}/endless")
     async with asyncio.timeout(10):
         response = await client.get(f"/clips/{clip_id}/stream")

@@ -89,7 +89,7 @@ async def test_a_truncated_mp3_is_refused(client, media_dir, mp3):
 
 
 async def test_an_upload_over_the_cap_is_413(settings, make_client, media_dir, mp3):
-    client = await make_client(settings.model_copy(update={"max_upload_bytes": 64 * 1024}))
+    client = await make_client(settings.changed({"max_upload_bytes": 64 * 1024}))
     before = media_files(media_dir)
     response = await client.post("/clips", data=form(mp3))
     assert response.status == 413

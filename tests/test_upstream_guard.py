@@ -6,7 +6,7 @@ import pytest
 import yarl
 from aiohttp import web
 
-from handlers.upstream import UpstreamGuard, UpstreamRefused, literal_address
+from streaming.upstream import UpstreamGuard, UpstreamRefused, literal_address
 
 # Every spelling of an internal address a URL can carry. {port} is the port
 # of a real origin listening on 127.0.0.1, so a guard that let one through
@@ -99,7 +99,7 @@ async def watched_origin(aiohttp_server):
 @pytest.fixture
 async def guarded_client(settings, make_client):
     """The app with production's default: no internal address allowed."""
-    return await make_client(settings.model_copy(update={"upstream_allow": ()}))
+    return await make_client(settings.changed({"upstream_allow": ()}))
 
 
 @pytest.mark.parametrize("template", INWARD)
@@ -131,7 +131,7 @@ async def test_redirect_to_an_internal_host_is_refused(
 ):
     # Only the name "localhost" is allowed: the first hop goes there, and the
     # redirect to the same machine spelled as an IP literal must be refused.
-    by_name = settings.model_copy(update={"upstream_allow": ("localhost",)})
+    by_name = settings.changed({"upstream_allow": ("localhost",)})
     client = await make_client(by_name)
     target = f"http://127.0.0.1:{watched_origin.port}/a.mp3"
     clip_id = await make_clip(

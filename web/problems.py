@@ -1,20 +1,25 @@
-"""One error type, rendered once as RFC 9457 `application/problem+json`."""
+"""One error type, rendered once as RFC 9457 `application/problem+json`.
+
+The middleware also names what failed when the client did nothing wrong:
+the database (503 while unavailable, `clips_db_errors_total`), the media
+store (500, or 507 when the disk is full), anything else (500, logged with
+its traceback).
+"""
 
 import logging
 from http import HTTPStatus
 
-import asyncpg
 from aiohttp import web
 
-from db import UNAVAILABLE
-from handlers.access import REQUEST_ID
-from handlers.responses import json_response
+from db import DatabaseError, DatabaseUnavailable
+from metrics.registry import METRICS
+from storage import StorageError
+from web.requestlog import REQUEST_ID
+from web.responses import json_response
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/problem+json"
-# Which database failure a request met ("unavailable", "query"), for metrics.
-DB_FAILURE = web.RequestKey("DB_FAILURE", str)
 
 
 class Problem(Exception):
@@ -80,14 +85,22 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         # The client left (an aborted upload, say): nothing went wrong here and
         # nobody is left to read an answer; 499 tells the logs and metrics.
         return web.Response(status=499)
-    except UNAVAILABLE as error:
-        log.warning("database unavailable: %s %s: %r", request.method, request.path, error)
-        request[DB_FAILURE] = "unavailable"
+    except DatabaseUnavailable as error:
+        log.warning("database unavailable: %s %s: %s", request.method, request.path, error)
+        request.app[METRICS].db_errors.labels(error.kind).inc()
         return Problem(
             503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
         ).response(request_id)
-    except Exception as error:
+    except DatabaseError as error:
+        log.exception("database error: %s %s", request.method, request.path)
+        request.app[METRICS].db_errors.labels(error.kind).inc()
+        return Problem(500, "Internal error").response(request_id)
+    except StorageError as error:
+        # Counted by the store itself (storage.MediaStore).
+        log.error("storage failed: %s %s: %s", request.method, request.path, error)
+        if error.full:
+            return Problem(507, "The media store is full; try again later").response(request_id)
+        return Problem(500, f"The media store failed: {error}").response(request_id)
+    except Exception:
         log.exception("unhandled error: %s %s", request.method, request.path)
-        if isinstance(error, asyncpg.PostgresError):
-            request[DB_FAILURE] = "query"
         return Problem(500, "Internal error").response(request_id)

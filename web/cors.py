@@ -8,8 +8,8 @@ are sent before the handler returns.
 
 from aiohttp import web
 
-from handlers.problems import Problem
 from settings import SETTINGS
+from web.problems import Problem
 
 ALLOW_METHODS = "GET, HEAD, POST, PATCH, DELETE"
 ALLOW_HEADERS = (

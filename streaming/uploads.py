@@ -1,4 +1,4 @@
-"""Audio uploads: multipart/form-data streamed into MEDIA_DIR.
+"""Audio uploads: multipart/form-data streamed into the media store.
 
 The file goes to disk chunk by chunk (never whole in memory) under a name of
 our own, is hashed and measured on the way, and must stop at
@@ -6,13 +6,13 @@ MAX_UPLOAD_BYTES (413). Its format is read from its bytes, not its name or
 declared type (415 for anything but MP3, AAC/M4A, Ogg Vorbis/Opus, WAV and
 FLAC), and mutagen reads duration and bitrate from it (422 when it cannot).
 `receive` is a context manager: unless the caller keeps the upload, the file
-is removed however the request ends, a client abort included.
+is removed however the request ends, a client abort included. A failing
+disk raises storage.StorageError (a 500 or 507 naming storage).
 """
 
 import asyncio
 import contextlib
 import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,8 @@ import mutagen
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from handlers.problems import Problem
+from storage import MediaStore, NewFile
+from web.problems import Problem
 
 CHUNK_BYTES = 64 * 1024
 FIELD_MAX_BYTES = 8 * 1024
@@ -59,7 +60,6 @@ def sniff(head: bytes) -> str | None:
 
 @dataclass
 class Upload:
-    directory: Path
     fields: dict[str, str] = field(default_factory=dict)
     name: str | None = None  # the stored file's name inside MEDIA_DIR
     content_type: str = ""
@@ -85,19 +85,19 @@ async def _read_text(part: BodyPartReader) -> str:
         raise Problem(400, f"Form field {part.name!r} is not UTF-8") from None
 
 
-async def _write_file(part: BodyPartReader, path: Path, upload: Upload, limit: int) -> bytes:
-    """Stream the part to `path`; returns its first bytes for sniffing."""
+async def _write_file(part: BodyPartReader, out: NewFile, upload: Upload, limit: int) -> bytes:
+    """Stream the part into `out`; returns its first bytes for sniffing."""
     digest = hashlib.sha256()
     head = b""
-    with path.open("xb") as out:
-        while chunk := await part.read_chunk(CHUNK_BYTES):
-            upload.size_bytes += len(chunk)
-            if upload.size_bytes > limit:
-                raise Problem(413, f"The audio file is over MAX_UPLOAD_BYTES ({limit} bytes)")
-            if len(head) < 64:
-                head += chunk[: 64 - len(head)]
-            digest.update(chunk)
-            out.write(chunk)
+    while chunk := await part.read_chunk(CHUNK_BYTES):
+        upload.size_bytes += len(chunk)
+        if upload.size_bytes > limit:
+            raise Problem(413, f"The audio file is over MAX_UPLOAD_BYTES ({limit} bytes)")
+        if len(head) < 64:
+            head += chunk[: 64 - len(head)]
+        digest.update(chunk)
+        out.write(chunk)
+    out.close()
     upload.sha256 = digest.hexdigest()
     return head
 
@@ -123,19 +123,24 @@ def _read_audio(path: Path, kind: str, size: int) -> tuple[float, int | None]:
 
 
 @contextlib.asynccontextmanager
-async def receive(request: web.Request, directory: Path, limit: int) -> AsyncIterator[Upload]:
-    upload = Upload(directory)
-    partial = directory / f".upload-{uuid.uuid4().hex}"
+async def receive(request: web.Request, store: MediaStore, limit: int) -> AsyncIterator[Upload]:
+    """Receive the upload into `store`; the file stays only if the caller
+    calls `upload.keep()` inside the block."""
+    upload = Upload()
+    files: list[NewFile] = []
     try:
-        await _receive_parts(request, upload, partial, limit)
+        await _receive_parts(request, upload, store, files, limit)
         yield upload
     finally:
-        partial.unlink(missing_ok=True)
+        for new in files:
+            new.remove()
         if upload.name is not None and not upload.kept:
-            (directory / upload.name).unlink(missing_ok=True)
+            store.delete(upload.name)
 
 
-async def _receive_parts(request: web.Request, upload: Upload, partial: Path, limit: int) -> None:
+async def _receive_parts(
+    request: web.Request, upload: Upload, store: MediaStore, files: list[NewFile], limit: int
+) -> None:
     head: bytes | None = None  # the file's first bytes, once it is received
     try:
         reader = await request.multipart()
@@ -145,7 +150,8 @@ async def _receive_parts(request: web.Request, upload: Upload, partial: Path, li
             if part.name == FILE_FIELD:
                 if head is not None:
                     raise Problem(400, "Send one audio file per clip")
-                head = await _write_file(part, partial, upload, limit)
+                files.append(store.create())
+                head = await _write_file(part, files[0], upload, limit)
             elif part.name in TEXT_FIELDS:
                 upload.fields[part.name] = await _read_text(part)
             else:
@@ -159,9 +165,9 @@ async def _receive_parts(request: web.Request, upload: Upload, partial: Path, li
         raise Problem(
             415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
         )
+    received = files[0]
     upload.duration_seconds, upload.bitrate = await asyncio.to_thread(
-        _read_audio, partial, kind, upload.size_bytes
+        _read_audio, received.path, kind, upload.size_bytes
     )
     upload.content_type, extension, _ = FORMATS[kind]
-    upload.name = f"{uuid.uuid4().hex}{extension}"
-    await asyncio.to_thread(partial.rename, upload.directory / upload.name)
+    upload.name = await asyncio.to_thread(received.rename, extension)

@@ -1,27 +1,88 @@
 """The API described as OpenAPI 3.1 at /openapi.json, and a docs page at /docs.
 
-Request bodies come from the same pydantic models the handlers validate
-with, so they cannot drift; tests/test_openapi.py fuzzes the real app
-against the whole document with schemathesis.
+Only the paths and their responses are written here. Every schema (a clip,
+its stats, request bodies, query parameters, the problem body) is generated
+by pydantic from the definitions the handlers validate and render with
+(schemas/), so the document cannot drift from the responses;
+tests/test_openapi.py fuzzes the real app against it with schemathesis.
 """
 
 from pathlib import Path
 
 from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
 
-from handlers.clips import ClipChanges, NewClip, UploadForm
-from handlers.responses import json_response
+from schemas.clips import Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
+from schemas.fields import BIGINT_MAX
+from schemas.problems import ProblemBody
+from web.auth import STREAM_ROUTE
+from web.responses import json_response
 
 routes = web.RouteTableDef()
 
 DOCS_PAGE = Path(__file__).with_name("docs.html")
+
+# Response shapes are documented as they are sent, request shapes as they
+# are validated.
+SHAPES = {
+    "Clip": ("serialization", Clip),
+    "ClipStats": ("serialization", ClipStats),
+    "NewClip": ("validation", NewClip),
+    "ClipChanges": ("validation", ClipChanges),
+    "Problem": ("serialization", ProblemBody),
+}
+
+
+def generated_schemas() -> tuple[dict[str, dict], dict[str, dict]]:
+    """($ref by shape name, the components' schemas), by pydantic."""
+    refs, top = TypeAdapter.json_schemas(
+        [(name, mode, TypeAdapter(shape)) for name, (mode, shape) in SHAPES.items()],
+        ref_template="#/components/schemas/{model}",
+    )
+    return {name: ref for (name, _), ref in refs.items()}, top["$defs"]
+
+
+REFS, SCHEMAS = generated_schemas()
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict]:
+    """A model's fields as OpenAPI query parameters, constraints included.
+    A query parameter is absent rather than null: the null branch goes."""
+    schema = model.model_json_schema()
+    parameters = []
+    for name, field in schema["properties"].items():
+        options = [o for o in field.get("anyOf", [field]) if o.get("type") != "null"]
+        (value,) = options
+        value = {k: v for k, v in value.items() if k not in ("title", "description")}
+        if "default" in field and field["default"] is not None:
+            value["default"] = field["default"]
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": name in schema.get("required", ()),
+                "description": field.get("description", ""),
+                "schema": value,
+            }
+        )
+    return parameters
+
+
+def upload_schema() -> dict:
+    """The multipart form: UploadForm's fields and the audio file."""
+    schema = UploadForm.model_json_schema()
+    schema.pop("title", None)
+    schema["properties"]["audio"] = {"type": "string", "format": "binary"}
+    schema["required"] = [*schema.get("required", []), "audio"]
+    return schema
+
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 CLIP_ID = {
     "name": "clip_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX},
 }
 TIMESTAMP = {"type": "string", "format": "date-time"}
 AUDIO = {"schema": {"type": "string", "format": "binary"}}
@@ -35,58 +96,10 @@ STREAM_REQUEST_HEADERS = [
 ]
 
 
-def clip_schema() -> dict:
-    return {
-        "type": "object",
-        "required": [
-            "id",
-            "title",
-            "description",
-            "genre",
-            "duration_seconds",
-            "audio_url",
-            "content_type",
-            "play_count",
-            "last_played_at",
-            "created_at",
-            "stream_url",
-        ],
-        "properties": {
-            "id": {"type": "integer", "minimum": 1},
-            "title": {"type": "string", "minLength": 1, "maxLength": 200},
-            "description": {"type": "string", "maxLength": 2000},
-            "genre": {"type": "string", "pattern": "^[a-z0-9]+(-[a-z0-9]+)*$"},
-            "duration_seconds": {"type": "number", "exclusiveMinimum": 0},
-            "audio_url": {"type": ["string", "null"], "description": "null for stored audio"},
-            "content_type": {"type": "string"},
-            "play_count": {"type": "integer", "minimum": 0},
-            "last_played_at": {"anyOf": [TIMESTAMP, {"type": "null"}]},
-            "created_at": TIMESTAMP,
-            "size_bytes": {"type": ["integer", "null"], "description": "uploaded audio only"},
-            "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
-            "bitrate": {"type": ["integer", "null"], "description": "bits per second"},
-            "stream_url": {"type": "string", "format": "uri"},
-        },
-    }
-
-
-def body_schema(model) -> dict:
-    schema = model.model_json_schema()
-    schema.pop("title", None)
-    return schema
-
-
-def upload_schema() -> dict:
-    schema = body_schema(UploadForm)
-    schema["properties"]["audio"] = {"type": "string", "format": "binary"}
-    schema["required"] = [*schema.get("required", []), "audio"]
-    return schema
-
-
 CLIP_RESPONSE = {
     "description": "The clip; ETag is the version of its metadata",
     "headers": {"ETag": {"schema": {"type": "string"}}},
-    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Clip"}}},
+    "content": {"application/json": {"schema": REFS["Clip"]}},
 }
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"}}
 
@@ -104,21 +117,7 @@ def document() -> dict:
                 "get": {
                     "operationId": "listClips",
                     "summary": "A page of clips",
-                    "parameters": [
-                        {"name": "genre", "in": "query", "schema": {"type": "string"}},
-                        {"name": "q", "in": "query", "schema": {"type": "string"}},
-                        {
-                            "name": "sort",
-                            "in": "query",
-                            "schema": {"enum": ["newest", "popular", "title"]},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
-                        },
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                    ],
+                    "parameters": query_parameters(ListQuery),
                     "responses": {
                         "200": {
                             "description": 'Clips; `Link: <…>; rel="next"` when more follow',
@@ -127,7 +126,7 @@ def document() -> dict:
                                 "application/json": {
                                     "schema": {
                                         "type": "array",
-                                        "items": {"$ref": "#/components/schemas/Clip"},
+                                        "items": REFS["Clip"],
                                     }
                                 }
                             },
@@ -142,7 +141,7 @@ def document() -> dict:
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": body_schema(NewClip)},
+                            "application/json": {"schema": REFS["NewClip"]},
                             "multipart/form-data": {"schema": upload_schema()},
                         },
                     },
@@ -150,11 +149,7 @@ def document() -> dict:
                         "201": {
                             "description": "Created",
                             "headers": {"Location": {"schema": {"type": "string"}}},
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Clip"}
-                                }
-                            },
+                            "content": {"application/json": {"schema": REFS["Clip"]}},
                         },
                         "400": PROBLEM,
                         "413": PROBLEM,
@@ -181,7 +176,7 @@ def document() -> dict:
                     "parameters": [CLIP_ID, IF_MATCH],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": body_schema(ClipChanges)}},
+                        "content": {"application/json": {"schema": REFS["ClipChanges"]}},
                     },
                     "responses": {
                         "200": CLIP_RESPONSE,
@@ -213,11 +208,7 @@ def document() -> dict:
                     "responses": {
                         "200": {
                             "description": "The clip and its plays per day, last 30 days (UTC)",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/ClipStats"}
-                                }
-                            },
+                            "content": {"application/json": {"schema": REFS["ClipStats"]}},
                         },
                         "400": PROBLEM,
                         "404": PROBLEM,
@@ -225,7 +216,7 @@ def document() -> dict:
                     },
                 }
             },
-            "/clips/{clip_id}/stream": {
+            STREAM_ROUTE: {
                 "get": {
                     "operationId": "streamClip",
                     "summary": "The clip's audio; Range and conditional requests supported",
@@ -269,63 +260,11 @@ def document() -> dict:
             },
         },
         "components": {
-            "schemas": {
-                "Clip": clip_schema(),
-                "ClipStats": {
-                    "allOf": [
-                        {"$ref": "#/components/schemas/Clip"},
-                        {
-                            "type": "object",
-                            "required": ["plays_by_day"],
-                            "properties": {
-                                "plays_by_day": {
-                                    "type": "array",
-                                    "minItems": 30,
-                                    "maxItems": 30,
-                                    "items": {
-                                        "type": "object",
-                                        "required": ["date", "plays"],
-                                        "properties": {
-                                            "date": {"type": "string", "format": "date"},
-                                            "plays": {"type": "integer", "minimum": 0},
-                                        },
-                                    },
-                                }
-                            },
-                        },
-                    ]
-                },
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status"],
-                    "properties": {
-                        "type": {"type": "string"},
-                        "title": {"type": "string"},
-                        "status": {"type": "integer"},
-                        "detail": {"type": "string"},
-                        "request_id": {"type": "string"},
-                        "errors": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["field", "reason"],
-                                "properties": {
-                                    "field": {"type": "string"},
-                                    "reason": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                },
-            },
+            "schemas": SCHEMAS,
             "responses": {
                 "Problem": {
                     "description": "An RFC 9457 problem",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {"$ref": "#/components/schemas/Problem"}
-                        }
-                    },
+                    "content": {"application/problem+json": {"schema": REFS["Problem"]}},
                 }
             },
         },

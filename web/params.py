@@ -6,19 +6,10 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from handlers.problems import Problem
+from schemas.fields import BIGINT_MAX
+from web.problems import Problem
 
 Model = TypeVar("Model", bound=BaseModel)
-
-BIGINT_MAX = 2**63 - 1
-
-
-def storable(value: str) -> str:
-    """PostgreSQL text cannot hold NUL: refuse it here as a 400, not a
-    database error (500) later."""
-    if "\x00" in value:
-        raise ValueError("must not contain a NUL character")
-    return value
 
 
 def parse_id(raw: str, name: str = "clip_id") -> int:

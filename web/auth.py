@@ -6,7 +6,8 @@ and stream; `write` keys also create, edit and delete. A stream also opens
 with the `exp` and `sig` query parameters its `stream_url` carries, so a
 plain `<audio src>` plays without headers. Keys are kept only as SHA-256
 digests and a presented key is compared with every one of them in constant
-time, so response timing tells nothing about how close a guess was.
+time, so response timing tells nothing about how close a guess was. The
+key line format (`read:<key>`) is parsed with the settings (settings.py).
 """
 
 import base64
@@ -18,30 +19,11 @@ import time
 
 from aiohttp import web
 
-from handlers.problems import Problem
+from web.problems import Problem
 
 log = logging.getLogger(__name__)
 
-ROLES = ("read", "write")
 READ_METHODS = frozenset({"GET", "HEAD"})
-MIN_KEY_LENGTH = 16
-
-
-def parse_keys(text: str, source: str) -> list[tuple[str, str]]:
-    """`role:key` entries separated by commas or lines (`#` starts a comment).
-    Errors name the entry's position, never the key."""
-    entries = []
-    items = [i.split("#", 1)[0].strip() for line in text.splitlines() for i in line.split(",")]
-    for number, item in enumerate(filter(None, items), start=1):
-        role, sep, key = item.partition(":")
-        role = role.strip()
-        key = key.strip()
-        if not sep or role not in ROLES:
-            raise ValueError(f"{source} entry {number}: expected read:<key> or write:<key>")
-        if len(key) < MIN_KEY_LENGTH:
-            raise ValueError(f"{source} entry {number}: keys need {MIN_KEY_LENGTH}+ characters")
-        entries.append((role, key))
-    return entries
 
 
 class ApiKeys:
@@ -108,6 +90,7 @@ class Access:
 
 
 ACCESS = web.AppKey("ACCESS", Access)
+# The one route a signed URL opens (handlers/streams.py serves it).
 STREAM_ROUTE = "/clips/{clip_id}/stream"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="clips"'}
 

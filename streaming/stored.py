@@ -1,14 +1,12 @@
-"""Stored audio: a file in MEDIA_DIR answered with Range, conditional
-requests and the kernel's sendfile.
+"""Stored audio: a file of the media store answered with Range, conditional
+requests (streaming/ranges.py) and the kernel's sendfile.
 
 aiohttp's FileResponse does the same, but opens, stats and closes every file
 on a worker thread: two thread hops per request that, measured with `make
 bench` (stored clip, one core), cost 1.4-1.9x the requests per second of
 doing those syscalls on the event loop. MEDIA_DIR is a local directory whose
 hot files sit in the page cache, so here they run inline. The rules follow
-FileResponse's (and RFC 9110): ETag `"<mtime_ns>-<size>"` in hex,
-If-None-Match before If-Modified-Since, If-Range by date, one byte range,
-416 when it starts past the end (here as a problem, like every error).
+FileResponse's (and RFC 9110): ETag `"<mtime_ns>-<size>"` in hex.
 """
 
 import asyncio
@@ -17,7 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from handlers.problems import Problem
+from streaming.plays import STREAM_SOURCE, tracked
+from streaming.ranges import byte_range, not_modified
+from web.problems import Problem
 
 
 class StoredFile:
@@ -71,34 +71,11 @@ class StoredFile:
         return self.count
 
 
-def not_modified(request: web.Request, etag: str, mtime: float) -> bool:
-    if (tags := request.if_none_match) is not None:
-        return any(tag.value in ("*", etag) for tag in tags)  # weak comparison
-    since = request.if_modified_since
-    return since is not None and mtime <= since.timestamp()
-
-
-def byte_range(request: web.Request, size: int, mtime: float) -> tuple[int, int] | None:
-    """(offset, count) of the part asked for; None for the whole file."""
-    if "Range" not in request.headers:
-        return None
-    if (if_range := request.if_range) is not None and mtime > if_range.timestamp():
-        return None  # changed since the client's copy: send it all
-    unsatisfiable = {"Content-Range": f"bytes */{size}"}
-    try:
-        start, stop = request.http_range.start, request.http_range.stop
-    except ValueError:
-        raise Problem(
-            416, f"Range {request.headers['Range'][:100]!r} is malformed", headers=unsatisfiable
-        ) from None
-    if start is None:
-        return None
-    if start < 0 and stop is None:  # the last -start bytes
-        start = max(size + start, 0)
-    end = size if stop is None else min(stop, size)
-    if start >= size:
-        raise Problem(
-            416, f"Range starts at byte {start}, past the audio's {size} bytes",
-            headers=unsatisfiable,
-        )  # fmt: skip
-    return start, end - start
+async def send_stored(request: web.Request, path: Path, content_type: str) -> web.StreamResponse:
+    """The stored file at `path` as the answer to `request`, tracked as a stream."""
+    request[STREAM_SOURCE] = "stored"
+    with StoredFile(request, path, content_type) as stored, tracked(request) as outcome:
+        await stored.response.prepare(request)
+        outcome.sent = await stored.send_body(request)
+        await stored.response.write_eof()
+    return stored.response

@@ -1,0 +1,184 @@
+"""Prometheus metrics: the app's own registry and every series in it.
+
+Served at /metrics by handlers/metrics.py; requests are counted and timed
+by web/instrumentation.py, streams by streaming/plays.py.
+
+Label values come only from fixed sets (route templates, status codes,
+reasons, outcomes) or from clip ids capped at METRICS_MAX_CLIP_SERIES, so
+no client address, raw path, query string or other input can grow the
+number of series. aiohttp-prometheus-exporter serves the registry; its
+server middleware (labels by client address) and client trace config
+(labels by upstream host, taken from user-supplied URLs, and a callback
+per received chunk on the streaming hot path) are deliberately not used.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Protocol
+
+import prometheus_client
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+# `*_created` series double every counter for no dashboard's benefit.
+prometheus_client.disable_created_metrics()
+
+END_REASONS = ("complete", "client_gone", "upstream_error", "timeout")
+UPSTREAM_OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect_error", "refused")
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+DB_ERROR_KINDS = ("unavailable", "query", "play_write")
+STORAGE_OPERATIONS = ("write", "delete")
+
+
+class Pool(Protocol):
+    """What the pool gauges read (asyncpg.Pool has it)."""
+
+    def get_size(self) -> int: ...
+    def get_idle_size(self) -> int: ...
+    def get_max_size(self) -> int: ...
+
+
+class Metrics:
+    def __init__(self, max_clip_series: int = 500) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.max_clip_series = max_clip_series
+        self._clip_labels: set[str] = set()
+
+        self.requests = Counter(
+            "clips_http_requests_total",
+            "HTTP requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "clips_http_request_duration_seconds",
+            "Time to answer an API request (streams excluded), by route template",
+            ["route"],
+            buckets=API_BUCKETS,
+            registry=registry,
+        )
+        self.stream_seconds = Histogram(
+            "clips_stream_duration_seconds",
+            "Duration of stream responses, first to last byte",
+            buckets=STREAM_BUCKETS,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "clips_http_requests_in_progress",
+            "Requests being handled now, by route template",
+            ["route"],
+            registry=registry,
+        )
+        self.plays = Counter(
+            "clips_plays_total",
+            "Plays counted and committed to the database",
+            registry=registry,
+        )
+        self.streams_started = Counter(
+            "clips_streams_started_total",
+            'Stream responses started, by clip (at most METRICS_MAX_CLIP_SERIES ids, then "other")'
+            " and audio source",
+            ["clip_id", "source"],
+            registry=registry,
+        )
+        self.streams_ended = Counter(
+            "clips_streams_ended_total",
+            "Stream responses ended, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.streams_in_flight = Gauge(
+            "clips_streams_in_flight", "Streams being sent now", registry=registry
+        )
+        self.stream_bytes = Counter(
+            "clips_stream_bytes_total",
+            "Audio bytes sent to listeners, by source",
+            ["source"],
+            registry=registry,
+        )
+        self.upstream_requests = Counter(
+            "clips_upstream_requests_total",
+            "Requests to audio origins, by outcome",
+            ["outcome"],
+            registry=registry,
+        )
+        self.upstream_ttfb = Histogram(
+            "clips_upstream_ttfb_seconds",
+            "Time from sending an upstream request to its response headers",
+            buckets=(*API_BUCKETS, 5.0, 10.0),  # up to UPSTREAM_HEADERS_TIMEOUT's default
+            registry=registry,
+        )
+        self.db_errors = Counter(
+            "clips_db_errors_total",
+            "Database operations that failed, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.storage_errors = Counter(
+            "clips_storage_errors_total",
+            "Media store operations (MEDIA_DIR) that failed, by operation",
+            ["operation"],
+            registry=registry,
+        )
+        for reason in END_REASONS:
+            self.streams_ended.labels(reason)
+        for outcome in UPSTREAM_OUTCOMES:
+            self.upstream_requests.labels(outcome)
+        for source in ("remote", "stored"):
+            self.stream_bytes.labels(source)
+        for kind in DB_ERROR_KINDS:
+            self.db_errors.labels(kind)
+        for operation in STORAGE_OPERATIONS:
+            self.storage_errors.labels(operation)
+        prometheus_client.ProcessCollector(registry=registry)
+        prometheus_client.PlatformCollector(registry=registry)
+        prometheus_client.GCCollector(registry=registry)
+        registry.register(_TaskCollector())
+
+    def clip_label(self, clip_id: int) -> str:
+        """The clip's own label while fewer than the cap exist, else "other"."""
+        label = str(clip_id)
+        if label in self._clip_labels:
+            return label
+        if len(self._clip_labels) < self.max_clip_series:
+            self._clip_labels.add(label)
+            return label
+        return "other"
+
+    def watch_pool(self, pool_of: Callable[[], Pool | None]) -> None:
+        """Export the size and use of the pool `pool_of()` returns (None
+        before it opens), read at scrape time."""
+        self.registry.register(_PoolCollector(pool_of))
+
+
+class _TaskCollector:
+    """Asyncio tasks alive in this worker, read at scrape time: a count that
+    only grows is a leak."""
+
+    def collect(self):
+        tasks = GaugeMetricFamily("clips_event_loop_tasks", "Asyncio tasks alive in this worker")
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing to count
+            tasks.add_metric([], len(asyncio.all_tasks()))
+        return [tasks]
+
+
+class _PoolCollector:
+    def __init__(self, pool_of: Callable[[], Pool | None]):
+        self._pool_of = pool_of
+
+    def collect(self):
+        size = GaugeMetricFamily("clips_db_pool_connections", "Open pool connections")
+        in_use = GaugeMetricFamily("clips_db_pool_connections_in_use", "Pool connections in use")
+        limit = GaugeMetricFamily("clips_db_pool_max_connections", "DB_POOL_MAX of this process")
+        pool = self._pool_of()
+        if pool is not None:
+            size.add_metric([], pool.get_size())
+            in_use.add_metric([], pool.get_size() - pool.get_idle_size())
+            limit.add_metric([], pool.get_max_size())
+        return [size, in_use, limit]
+
+
+METRICS = web.AppKey("METRICS", Metrics)

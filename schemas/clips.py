@@ -1,0 +1,137 @@
+"""A clip: what a response carries (`Clip`), and what a request may send.
+
+Adding a field to a clip touches its migration (the table is the queries'
+one column list: every clip query returns `clips.*`), `Clip` below, and
+nothing else: rendering copies `COLUMNS` from the row, and the OpenAPI
+document is generated from these classes.
+"""
+
+from datetime import date, datetime
+from typing import Annotated
+
+import yarl
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
+
+from db.clips import Sort
+from schemas.fields import (
+    BIGINT_MAX,
+    CONTENT_TYPE,
+    GENRE,
+    SHA256,
+    AudioUrl,
+    ContentType,
+    Description,
+    Genre,
+    Search,
+    Title,
+)
+
+
+class Clip(TypedDict):
+    """A clip as every response shows it."""
+
+    id: Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    description: Annotated[str, Field(max_length=2000)]
+    genre: Annotated[str, Field(max_length=40, pattern=GENRE)]
+    duration_seconds: Annotated[float, Field(gt=0, le=86400, description="Seconds of audio")]
+    audio_url: Annotated[
+        str | None, Field(description="Where the audio lives; null for audio stored here")
+    ]
+    content_type: Annotated[str, Field(pattern=CONTENT_TYPE)]
+    play_count: Annotated[int, Field(ge=0, description="Plays counted so far")]
+    last_played_at: Annotated[datetime | None, Field(description="null until the first play")]
+    created_at: datetime
+    size_bytes: Annotated[int | None, Field(gt=0, description="Uploaded audio only")]
+    sha256: Annotated[str | None, Field(pattern=SHA256, description="Uploaded audio only")]
+    bitrate: Annotated[int | None, Field(gt=0, description="Bits per second; uploaded audio only")]
+    stream_url: Annotated[
+        str,
+        Field(
+            json_schema_extra={"format": "uri"},
+            description="Where <audio> plays it; signed when API keys are set",
+        ),
+    ]
+
+
+# Fields computed per request rather than stored: the rest are columns.
+DERIVED = frozenset({"stream_url"})
+COLUMNS = tuple(name for name in Clip.__annotations__ if name not in DERIVED)
+
+
+class DayPlays(TypedDict):
+    date: date
+    plays: Annotated[int, Field(ge=0)]
+
+
+class ClipStats(Clip):
+    """A clip and its plays per UTC day, the last 30 days, oldest first."""
+
+    plays_by_day: Annotated[list[DayPlays], Field(min_length=30, max_length=30)]
+
+
+class ListQuery(BaseModel):
+    """GET /clips parameters. An empty value means "not given", as an HTML
+    search form sends `q=` when the box is left empty."""
+
+    genre: Genre | None = Field(None, description="Only clips of this genre")
+    q: Search | None = Field(None, description="Words in the title or description")
+    sort: Sort = Field("newest", description="newest first, most played, or by title")
+    limit: int = Field(50, ge=1, le=200, description="Clips per page")
+    cursor: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        None, description='Where the next page starts: follow the `rel="next"` Link'
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_absent(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value != ""}
+        return data
+
+
+def absolute_http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        url = yarl.URL(value)
+    except ValueError as error:
+        raise ValueError(f"not a URL: {error}") from None
+    # The stored text must itself start with http:// or https:// (the schema
+    # checks it): yarl also reads "HTTP://h" as an http URL.
+    value = value[: len(url.scheme)].lower() + value[len(url.scheme) :]
+    if not url.raw_host or not value.startswith(("http://", "https://")):
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+class UploadForm(BaseModel, extra="forbid"):
+    """The text fields of a multipart upload; the audio file is the rest."""
+
+    title: Title
+    description: Description = ""
+    genre: Genre
+
+
+class NewClip(UploadForm):
+    """A clip whose audio stays at a remote URL."""
+
+    duration_seconds: float = Field(gt=0, le=86400, strict=True)
+    audio_url: AudioUrl
+    content_type: ContentType | None = None
+
+    _url = field_validator("audio_url")(absolute_http_url)
+
+
+class ClipChanges(BaseModel, extra="forbid"):
+    """PATCH /clips/{id}: the fields to change, validated like a new clip."""
+
+    title: Title | None = None
+    description: Description | None = None
+    genre: Genre | None = None
+    duration_seconds: float | None = Field(None, gt=0, le=86400, strict=True)
+    audio_url: AudioUrl | None = None
+    content_type: ContentType | None = None
+
+    _url = field_validator("audio_url")(absolute_http_url)

@@ -1,0 +1,36 @@
+"""Field types shared by request and response shapes."""
+
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints
+
+# PostgreSQL's bigint, the type of every id.
+BIGINT_MAX = 2**63 - 1
+
+
+def storable(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: refuse it as a 400, not a database
+    error (500) later."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+GENRE = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+CONTENT_TYPE = r"^audio/[a-z0-9.+-]+$"
+SHA256 = r"^[0-9a-f]{64}$"
+
+Genre = Annotated[str, StringConstraints(max_length=40, pattern=GENRE)]
+Title = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(storable),
+]
+Description = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=2000), AfterValidator(storable)
+]
+AudioUrl = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=2048), AfterValidator(storable)
+]
+ContentType = Annotated[str, StringConstraints(pattern=CONTENT_TYPE)]
+Search = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(storable)]

@@ -1,0 +1,105 @@
+"""Uploaded audio at rest: files in MEDIA_DIR, a local directory.
+
+No HTTP here: the byte path (streaming/uploads.py, streaming/stored.py)
+reads and writes through `MediaStore`. A failing disk (full, gone, read-only)
+raises `StorageError`, never a bare OSError, so it is answered as a storage
+failure (500, or 507 when full) and never taken for a database outage or a
+client leaving.
+"""
+
+import contextlib
+import errno
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# errno values that mean "no room left", answered 507 Insufficient Storage.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class StorageError(Exception):
+    """The store could not do `action`; `full` when the disk has no room."""
+
+    def __init__(self, action: str, error: OSError):
+        super().__init__(f"cannot {action}: {error.strerror or type(error).__name__}")
+        self.action = action
+        self.full = error.errno in FULL
+
+
+class MediaStore:
+    """MEDIA_DIR. `on_error(operation)` is called once per failure
+    ("write" or "delete"), for metrics."""
+
+    def __init__(self, directory: Path, on_error: Callable[[str], None] = lambda op: None):
+        self.directory = directory
+        self._on_error = on_error
+
+    def path(self, name: str) -> Path:
+        """Where the stored file `name` (a clip's media_path) lives."""
+        return self.directory / name
+
+    @contextlib.contextmanager
+    def failing_as(self, operation: str, action: str) -> Iterator[None]:
+        """Turn an OSError inside the block into a StorageError."""
+        try:
+            yield
+        except OSError as error:
+            self._on_error(operation)
+            raise StorageError(action, error) from error
+
+    def create(self) -> "NewFile":
+        """A new file under a temporary name; raises StorageError."""
+        return NewFile(self)
+
+    def delete(self, name: str) -> bool:
+        """Remove a stored file (gone already counts as removed). A failure is
+        logged and counted, not raised: the clip it belonged to is gone
+        either way. Returns whether the file is gone."""
+        try:
+            with self.failing_as("delete", f"remove {name} from MEDIA_DIR"):
+                self.path(name).unlink(missing_ok=True)
+        except StorageError as error:
+            log.error("orphaned file in MEDIA_DIR: %s", error)
+            return False
+        return True
+
+
+class NewFile:
+    """A file being written into the store under a temporary name, until
+    `rename()` gives it a name of its own. `remove()` deletes the temporary
+    file if it is still there, whatever happened."""
+
+    def __init__(self, store: MediaStore):
+        self._store = store
+        self.path = store.path(f".upload-{uuid.uuid4().hex}")
+        with store.failing_as("write", "create a file in MEDIA_DIR"):
+            self._file: BinaryIO = self.path.open("xb")
+
+    def write(self, chunk: bytes) -> None:
+        with self._store.failing_as("write", "write the upload to MEDIA_DIR"):
+            self._file.write(chunk)
+
+    def close(self) -> None:
+        with self._store.failing_as("write", "write the upload to MEDIA_DIR"):
+            self._file.close()
+
+    def rename(self, extension: str) -> str:
+        """After close(): move to a fresh name ending in `extension`; returns it."""
+        name = f"{uuid.uuid4().hex}{extension}"
+        with self._store.failing_as("write", "store the upload in MEDIA_DIR"):
+            self.path.rename(self._store.path(name))
+        return name
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+            self.path.unlink(missing_ok=True)
+
+
+MEDIA_STORE = web.AppKey("MEDIA_STORE", MediaStore)

@@ -1,0 +1,12 @@
+"""The byte path: audio in and out, with no routing in it.
+
+upstream  the shared client session for origins, and its SSRF guard
+proxy     remote audio piped from its origin, or redirected to it
+stored    stored audio sent with sendfile
+ranges    Range and conditional requests (RFC 9110)
+plays     the play rule, and every stream's accounting from start to end
+uploads   multipart uploads received into the media store
+
+Called by the routes in handlers/; may import web, storage, metrics, schemas,
+db and settings, never a route (tests/test_architecture.py).
+"""

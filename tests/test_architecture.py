@@ -1,0 +1,202 @@
+"""The architecture's import rules (README, "Architecture"), enforced.
+
+Parts, top to bottom; a module imports only from its own part or from parts
+below it, and never from a sibling on its own row:
+
+    server                      assembly and entry point
+    handlers                    HTTP routes
+    streaming                   the byte path
+    web                         what wraps every request
+    storage | metrics | schemas media at rest, Prometheus, API shapes
+    db                          PostgreSQL (with sql/)
+    settings                    every knob
+
+So settings imports nothing of ours, the data layer only itself and
+settings, the byte path no route, and nothing imports server. Besides: no
+import cycle anywhere, only the data layer touches the database drivers,
+and no module outside it holds SQL text. A failure names the rule.
+"""
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = (
+    ("server",),
+    ("handlers",),
+    ("streaming",),
+    ("web",),
+    ("storage", "metrics", "schemas"),
+    ("db",),
+    ("settings",),
+)
+DRIVERS = frozenset({"asyncpg", "psycopg", "yoyo"})
+NOT_PRODUCT = frozenset({"tests", "bench"})
+SQL_TEXT = re.compile(
+    r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS)\b"
+)
+
+
+def product_modules(root: Path) -> dict[str, Path]:
+    """Every module of the product, by dotted name."""
+    modules = {}
+    for path in sorted(root.glob("*.py")):
+        modules[path.stem] = path
+    for init in sorted(root.glob("*/__init__.py")):
+        if init.parent.name in NOT_PRODUCT:
+            continue
+        for path in sorted(init.parent.rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def imports(modules: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
+    """(importer, imported, line) for every import statement, including
+    those inside functions. `from package import name` imports the module
+    package.name when there is one, else the package."""
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield name, alias.name, node.lineno
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    yield name, target if target in modules else base, node.lineno
+
+
+def part_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def layer_violations(root: Path) -> list[str]:
+    rank = {part: row for row, parts in enumerate(LAYERS) for part in parts}
+    modules = product_modules(root)
+    problems = [
+        f"{part_of(m)} is no part of LAYERS: place it in the architecture"
+        for m in modules
+        if part_of(m) not in rank
+    ]
+    for importer, imported, line in imports(modules):
+        source, target = part_of(importer), part_of(imported)
+        if target not in rank or source == target or source not in rank:
+            continue
+        if rank[target] <= rank[source]:
+            allowed = ", ".join(p for row in LAYERS[rank[source] + 1 :] for p in row)
+            problems.append(
+                f"{modules[importer].relative_to(root)}:{line}: {importer} imports {imported};"
+                f" {source} may import only {allowed or 'nothing of ours'}"
+            )
+    return problems
+
+
+def cycles(root: Path) -> list[list[str]]:
+    """Import cycles among product modules (strongly connected components
+    of more than one module, or a module importing itself)."""
+    modules = product_modules(root)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for importer, imported, _ in imports(modules):
+        if imported in modules:
+            graph[importer].add(imported)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(module: str) -> None:  # Tarjan's algorithm
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in sorted(graph[module]):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            component = []
+            while (top := stack.pop()) != module:
+                component.append(top)
+            component.append(module)
+            if len(component) > 1 or module in graph[module]:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def driver_imports(root: Path) -> list[str]:
+    modules = product_modules(root)
+    return [
+        f"{modules[importer].relative_to(root)}:{line}: {importer} imports {imported}"
+        for importer, imported, line in imports(modules)
+        if imported.split(".")[0] in DRIVERS and part_of(importer) != "db"
+    ]
+
+
+def sql_outside_the_data_layer(root: Path) -> list[str]:
+    found = []
+    for name, path in product_modules(root).items():
+        if part_of(name) == "db":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            text = node.value if isinstance(node, ast.Constant) else None
+            if isinstance(text, str) and SQL_TEXT.match(text):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {text[:40]!r}")
+    return found
+
+
+def test_layers_point_down():
+    """settings is a leaf, db imports only itself and settings, the byte
+    path never imports a route, nothing imports server."""
+    assert layer_violations(ROOT) == []
+
+
+def test_no_import_cycles():
+    assert cycles(ROOT) == []
+
+
+def test_only_the_data_layer_uses_the_database_drivers():
+    assert driver_imports(ROOT) == []
+
+
+def test_sql_lives_in_sql_files_and_the_data_layer():
+    assert sql_outside_the_data_layer(ROOT) == []
+
+
+def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
+    """The checks above can fail: a small tree breaking each rule once."""
+    files = {
+        "settings.py": "from web import problems\n",
+        "server.py": "import handlers.clips\n",
+        "web/__init__.py": "",
+        "web/problems.py": "from web.auth import KEY\n",
+        "web/auth.py": "from web import problems\nKEY = 1\n",
+        "db/__init__.py": "from handlers import clips\n",
+        "handlers/__init__.py": "",
+        "handlers/clips.py": "import asyncpg\nQUERY = 'SELECT id FROM clips'\n",
+        "streaming/__init__.py": "from handlers.clips import QUERY\n",
+        "gadgets/__init__.py": "",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+
+    broken = "\n".join(layer_violations(tmp_path))
+    assert "settings imports web.problems" in broken
+    assert "db imports handlers.clips" in broken
+    assert "streaming imports handlers.clips" in broken
+    assert "gadgets is no part of LAYERS" in broken
+    assert "server imports" not in broken  # server may import everything
+    assert cycles(tmp_path) == [["web.auth", "web.problems"]]
+    assert driver_imports(tmp_path) == ["handlers/clips.py:1: handlers.clips imports asyncpg"]
+    assert sql_outside_the_data_layer(tmp_path) == ["handlers/clips.py:2: 'SELECT id FROM clips'"]
