@@ -1,0 +1,147 @@
+"""Errors say what failed: a disk is not the database, nor is anything else.
+
+Real failures: a MEDIA_DIR replaced by a plain file, a MEDIA_DIR on a full
+filesystem (a 256 KiB tmpfs), a stored file that cannot be removed. Each is
+answered as a storage problem (or, for a delete, logged and counted), the
+database stays untouched and unblamed, and /readyz stays 200.
+"""
+
+import asyncio
+import errno
+import logging
+import os
+import shutil
+import subprocess
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from db.clips import get_clip
+from server import SERVER_OPTIONS, create_app
+from tests.scrape import metric
+
+PROBLEM = "application/problem+json"
+
+
+def upload(audio: bytes) -> aiohttp.FormData:
+    data = aiohttp.FormData(default_to_multipart=True)
+    data.add_field("title", "Upload")
+    data.add_field("genre", "rock")
+    data.add_field("audio", audio, filename="song.wav", content_type="audio/wav")
+    return data
+
+
+async def scrape(client) -> str:
+    return await (await client.get("/metrics")).text()
+
+
+async def clip_count(client) -> int:
+    return len(await (await client.get("/clips?limit=200")).json())
+
+
+async def assert_database_not_blamed(client) -> None:
+    text = await scrape(client)
+    assert metric(text, "clips_db_errors_total", kind="unavailable") == 0
+    assert metric(text, "clips_db_errors_total", kind="query") == 0
+    assert (await client.get("/readyz")).status == 200
+
+
+@pytest.fixture
+def full_media_dir(media_dir):
+    """MEDIA_DIR on a 256 KiB tmpfs: writes past that fail with ENOSPC."""
+    shutil.rmtree(media_dir)
+    media_dir.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(media_dir)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield media_dir
+    subprocess.run(["umount", str(media_dir)], check=True)
+
+
+async def test_an_upload_into_a_vanished_media_dir_names_storage(client, media_dir, audio_dir):
+    shutil.rmtree(media_dir)
+    media_dir.write_text("MEDIA_DIR replaced by a plain file\n")
+    before = await clip_count(client)
+
+    response = await client.post("/clips", data=upload((audio_dir / "tune.wav").read_bytes()))
+
+    assert response.status == 500
+    assert response.content_type == PROBLEM
+    body = await response.json()
+    assert "media store" in body["detail"]
+    assert "MEDIA_DIR" in body["detail"]
+    assert "database" not in body["detail"]
+    assert await clip_count(client) == before
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 1
+    await assert_database_not_blamed(client)
+
+
+async def test_an_upload_onto_a_full_disk_is_507_and_leaves_nothing(
+    client, full_media_dir, audio_dir
+):
+    wav = (audio_dir / "tune.wav").read_bytes()
+    assert len(wav) > 256 * 1024
+    before = await clip_count(client)
+
+    response = await client.post("/clips", data=upload(wav))
+
+    assert response.status == 507
+    assert response.content_type == PROBLEM
+    assert "full" in (await response.json())["detail"]
+    assert os.listdir(full_media_dir) == []  # the partial upload is gone
+    assert await clip_count(client) == before
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 1
+    await assert_database_not_blamed(client)
+    # Room again: the same upload goes through.
+    remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,size=4m", full_media_dir)
+    assert await remount.wait() == 0
+    assert (await client.post("/clips", data=upload(wav))).status == 201
+
+
+async def test_a_file_that_cannot_be_removed_does_not_undo_a_delete(
+    client, make_clip, media_dir, pool, caplog
+):
+    (media_dir / "stuck").mkdir()  # unlink() fails on a directory: EISDIR
+    (media_dir / "stuck" / "inside").write_bytes(b"x")
+    clip_id = await make_clip(media_path="stuck", content_type="audio/wav")
+
+    with caplog.at_level(logging.ERROR):
+        response = await client.delete(f"/clips/{clip_id}")
+
+    # The clip is gone either way: a retry would only find a 404.
+    assert response.status == 204
+    assert await get_clip(pool, clip_id) is None
+    assert (media_dir / "stuck").exists()
+    assert any("orphaned file in MEDIA_DIR" in r.getMessage() for r in caplog.records)
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="delete") == 1
+    await assert_database_not_blamed(client)
+
+
+async def test_an_os_error_elsewhere_is_a_500_never_the_database(settings, aiohttp_client, caplog):
+    async def broken(request: web.Request) -> web.Response:
+        raise OSError(errno.EIO, "Input/output error")
+
+    # The real app and middleware stack, one route more: an OSError raised
+    # by no database and no store.
+    app = create_app(settings)
+    app.router.add_get("/broken", broken)
+    server = TestServer(app)
+    await server.start_server(**SERVER_OPTIONS)
+    client = await aiohttp_client(server)
+    with caplog.at_level(logging.ERROR):
+        response = await client.get("/broken")
+
+    assert response.status == 500
+    assert response.content_type == PROBLEM
+    assert (await response.json())["detail"] == "Internal error"
+    assert any(
+        r.getMessage().startswith("unhandled error: GET /broken") and r.exc_info
+        for r in caplog.records
+    )
+    await assert_database_not_blamed(client)
