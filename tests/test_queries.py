@@ -1,8 +1,10 @@
-"""The SQL loader refuses broken files at start-up, naming file and line."""
+"""The SQL loader refuses broken files at start-up, naming file and line; every
+clip query returns what a clip response shows."""
 
 import pytest
 
 from db.queries import SQL, Queries, QueryError
+from schemas.clips import COLUMNS
 
 
 def load(tmp_path, text: str) -> Queries:
@@ -37,3 +39,26 @@ def test_queries_are_split_at_their_headers(tmp_path):
 def test_broken_files_fail_naming_file_and_line(tmp_path, text, message):
     with pytest.raises(QueryError, match=message):
         load(tmp_path, text)
+
+
+CLIP_QUERIES = (
+    "get_clip",
+    "list_clips_newest",
+    "list_clips_popular",
+    "list_clips_title",
+    "create_clip",
+    "update_clip",
+    "get_clip_stats",
+)
+
+
+async def test_every_clip_query_returns_every_field_a_clip_shows(pool):
+    """Rendering copies schemas.clips.COLUMNS from rows: a query that lost
+    one would break every response it feeds, so each is checked here
+    (prepared, not run), with the columns PostgreSQL says it returns."""
+    async with pool.acquire() as conn:
+        for name in CLIP_QUERIES:
+            statement = await conn.prepare(SQL[name])
+            returned = [attribute.name for attribute in statement.get_attributes()]
+            missing = set(COLUMNS) - set(returned)
+            assert not missing, f"{name} does not return {sorted(missing)}"
