@@ -163,9 +163,10 @@ def serve_workers(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    multiprocessing.connection.wait([p.sentinel for p in workers])
-    died = None if stopping else next(p for p in workers if not p.is_alive())
+    ended = multiprocessing.connection.wait([p.sentinel for p in workers])
+    died = None if stopping else next(p for p in workers if p.sentinel in ended)
     if died is not None:
+        died.join()  # its exit code, once the kernel has it
         log.error(
             "%s (pid %d) exited (%s): stopping the others", died.name, died.pid, died.exitcode
         )
@@ -174,7 +175,10 @@ def serve_workers(settings: Settings) -> None:
         process.join()
     if died is not None:
         sys.exit(died.exitcode if died.exitcode and died.exitcode > 0 else 1)
-    sys.exit(max(abs(p.exitcode or 0) for p in workers))
+    # Asked to stop: a worker still starting up dies of the SIGTERM itself,
+    # which is as clean as a drained exit.
+    failed = [abs(p.exitcode) for p in workers if p.exitcode not in (0, -signal.SIGTERM)]
+    sys.exit(max(failed, default=0))
 
 
 def main() -> None:
