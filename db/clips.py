@@ -28,18 +28,25 @@ async def get_clip_stats(conn: Conn, clip_id: int) -> Row | None:
     return await conn.fetchrow(SQL["get_clip_stats"], clip_id)
 
 
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 @translated
 async def list_clips(
     conn: Conn,
     *,
     sort: Sort,
     genre: str | None,
-    pattern: str | None,
+    search: str | None,
     after: tuple[object, int] | None,
     limit: int,
 ) -> list[Row]:
-    """A page of clips in `sort` order, strictly after the keyset `after`."""
+    """A page of clips in `sort` order, strictly after the keyset `after`,
+    of `genre` and with `search` in the title or description (literally:
+    `%` and `_` are no wildcards), when given."""
     key, last_id = after if after else (None, None)
+    pattern = f"%{like_escape(search)}%" if search else None
     return await conn.fetch(SQL[f"list_clips_{sort}"], genre, pattern, key, last_id, limit)
 
 

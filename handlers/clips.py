@@ -72,11 +72,6 @@ def sort_key(sort: clips.Sort, clip: Row) -> object:
     return clip[{"newest": "created_at", "popular": "play_count", "title": "title_key"}[sort]]
 
 
-def like_pattern(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 @routes.get("/clips")
 @routes.get("/clips/")
 async def list_clips(request: web.Request) -> web.Response:
@@ -86,7 +81,7 @@ async def list_clips(request: web.Request) -> web.Response:
         request.app[POOL],
         sort=query.sort,
         genre=query.genre,
-        pattern=like_pattern(query.q) if query.q else None,
+        search=query.q,
         after=after,
         limit=query.limit + 1,  # one more tells whether a next page exists
     )
