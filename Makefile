@@ -27,11 +27,11 @@ run: $(STAMP)
 test: $(STAMP) test-deps
 	$(PY) -m pytest
 
-# Real programs some tests drive: headless Chromium (end-to-end playback),
-# Prometheus (the dashboard's queries) and lame (real MP3s to upload).
-# Installed with apt-get when missing and possible; the tests that need them
-# say why they skip otherwise.
-TEST_PACKAGES := chromium prometheus lame
+# Real programs some tests drive: headless Chromium (end-to-end playback) and
+# Prometheus (the dashboard's queries). Installed with apt-get when missing
+# and possible; the tests that need them say why they skip otherwise. (The
+# MP3 the upload tests send is committed: tests/fixtures/tune.mp3.)
+TEST_PACKAGES := chromium prometheus
 test-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

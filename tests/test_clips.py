@@ -1,4 +1,4 @@
-"""The clip catalogue as a client sees it: list, show, stats, create."""
+"""The clip catalogue as a client sees it: list, show, stats, create, edit, delete."""
 
 import asyncio
 import json
@@ -7,6 +7,15 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import yarl
+
+from tests.support import (
+    MP3,
+    clip_count,
+    error_fields,
+    media_files,
+    read_problem,
+    upload_form,
+)
 
 CLIP_FIELDS = {
     "id",
@@ -42,10 +51,6 @@ async def list_ids(client, path: str = "/clips", **params) -> list[int]:
     response = await client.get(path, params=params)
     assert response.status == 200, await response.text()
     return [clip["id"] for clip in await response.json()]
-
-
-async def count_clips(pool) -> int:
-    return await pool.fetchval("SELECT count(*) FROM clips")
 
 
 @pytest.fixture
@@ -277,11 +282,7 @@ async def test_show_returns_every_field_of_the_clip(client, remote, audio_url):
 
 
 async def test_show_unknown_clip_is_a_404_problem(client):
-    response = await client.get("/clips/424242")
-    assert response.status == 404
-    assert response.content_type == "application/problem+json"
-    body = await response.json()
-    assert body["status"] == 404
+    body = await read_problem(await client.get("/clips/424242"), 404)
     assert "424242" in body["detail"]
 
 
@@ -329,9 +330,8 @@ async def test_stats_count_plays_today(client, remote, plays):
 
 
 async def test_stats_of_an_unknown_clip_is_a_404_problem(client):
-    response = await client.get("/clips/99999/stats")
-    assert response.status == 404
-    assert response.content_type == "application/problem+json"
+    body = await read_problem(await client.get("/clips/99999/stats"), 404)
+    assert "99999" in body["detail"]
 
 
 # --- POST /clips -----------------------------------------------------------------
@@ -387,10 +387,6 @@ async def test_create_trims_titles_and_normalises_the_url_scheme(client, new_cli
     assert body["audio_url"] == url
 
 
-def error_fields(body: dict) -> set[str]:
-    return {error["field"] for error in body.get("errors", [])}
-
-
 INVALID_FIELDS = [
     ({"title": None}, {"title"}),
     ({"title": "   "}, {"title"}),
@@ -425,24 +421,18 @@ async def test_create_refuses_invalid_fields_naming_each(client, pool, remote, n
     for change, fields in INVALID_FIELDS:
         with subtests.test(change={k: str(v)[:30] for k, v in change.items()}):
             body = {k: v for k, v in {**new_clip, **change}.items() if v is not None}
-            response = await client.post("/clips", json=body)
-            assert response.status == 400, await response.text()
-            assert response.content_type == "application/problem+json"
-            problem = await response.json()
-            assert problem["status"] == 400
-            assert error_fields(problem) == fields
+            problem = await read_problem(await client.post("/clips", json=body), 400)
+            assert set(error_fields(problem)) == fields
             for field in fields:
                 assert field in problem["detail"]
-    assert await count_clips(pool) == 1  # nothing written
+    assert await clip_count(pool) == 1  # nothing written
 
 
 async def test_create_without_any_field_lists_every_required_one(client, pool):
-    response = await client.post("/clips", json={})
-    assert response.status == 400
-    problem = await response.json()
-    assert error_fields(problem) == {"title", "genre", "duration_seconds", "audio_url"}
+    problem = await read_problem(await client.post("/clips", json={}), 400)
+    assert set(error_fields(problem)) == {"title", "genre", "duration_seconds", "audio_url"}
     assert all(error["reason"] for error in problem["errors"])
-    assert await count_clips(pool) == 0
+    assert await clip_count(pool) == 0
 
 
 UNREADABLE_BODIES = [
@@ -467,12 +457,8 @@ async def test_create_refuses_bodies_it_cannot_read(client, pool, remote, subtes
             response = await client.post(
                 "/clips", data=data, headers=headers, skip_auto_headers={"Content-Type"}
             )
-            assert response.status == status, await response.text()
-            assert response.content_type == "application/problem+json"
-            problem = await response.json()
-            assert problem["status"] == status
-            assert problem["detail"]
-    assert await count_clips(pool) == 1  # nothing written
+            await read_problem(response, status)
+    assert await clip_count(pool) == 1  # nothing written
 
 
 async def test_create_accepts_json_with_a_charset(client, new_clip):
@@ -482,3 +468,63 @@ async def test_create_accepts_json_with_a_charset(client, new_clip):
         headers={"Content-Type": "application/json; charset=utf-8"},
     )
     assert response.status == 201
+
+
+# --- PATCH and DELETE /clips/{id} ------------------------------------------------
+
+
+async def test_patch_changes_fields_and_the_etag(client, make_clip):
+    clip_id = await make_clip(audio_url="https://cdn.example.invalid/a.mp3")
+    first = await client.get(f"/clips/{clip_id}")
+    etag = first.headers["ETag"]
+    response = await client.patch(
+        f"/clips/{clip_id}", json={"title": "Renamed", "genre": "jazz"}, headers={"If-Match": etag}
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert (body["title"], body["genre"]) == ("Renamed", "jazz")
+    assert response.headers["ETag"] != etag
+    stale = await client.patch(
+        f"/clips/{clip_id}", json={"title": "Lost update"}, headers={"If-Match": etag}
+    )
+    await read_problem(stale, 412)
+    assert (await (await client.get(f"/clips/{clip_id}")).json())["title"] == "Renamed"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"genre": "Bad Genre"}, {"title": ""}, {"duration_seconds": -1}, {"play_count": 5},
+     {"audio_url": "ftp://x/a.mp3"}, {"audio_url": "http://10.0.0.1/a.mp3"}],
+)  # fmt: skip
+async def test_patch_validates_like_create_and_changes_nothing(client, make_clip, changes):
+    clip_id = await make_clip(audio_url="https://cdn.example.invalid/a.mp3")
+    before = await (await client.get(f"/clips/{clip_id}")).json()
+    problem = await read_problem(await client.patch(f"/clips/{clip_id}", json=changes), 400)
+    assert error_fields(problem) == list(changes)
+    assert await (await client.get(f"/clips/{clip_id}")).json() == before
+
+
+async def test_patch_cannot_give_stored_audio_a_url(client, make_clip):
+    clip_id = await make_clip(media_path="small.mp3")
+    response = await client.patch(f"/clips/{clip_id}", json={"audio_url": "https://a.example/x"})
+    await read_problem(response, 400)
+    assert (await (await client.get(f"/clips/{clip_id}")).json())["audio_url"] is None
+
+
+async def test_patch_and_delete_unknown_clips_are_404(client):
+    await read_problem(await client.patch("/clips/999999", json={"title": "x"}), 404)
+    await read_problem(await client.delete("/clips/999999"), 404)
+
+
+async def test_delete_removes_the_row_and_the_stored_file(client, pool, media_dir):
+    created = await (await client.post("/clips", data=upload_form(MP3))).json()
+    stored = media_files(media_dir)
+    stale = await client.delete(f"/clips/{created['id']}", headers={"If-Match": '"1-0.0"'})
+    await read_problem(stale, 412)
+    assert await clip_count(pool) == 1  # a stale delete deletes nothing
+    response = await client.delete(f"/clips/{created['id']}")
+    assert response.status == 204
+    assert (await client.get(f"/clips/{created['id']}")).status == 404
+    assert (await client.get(f"/clips/{created['id']}/stream")).status == 404
+    assert len(stored - media_files(media_dir)) == 1
+    assert await clip_count(pool) == 0

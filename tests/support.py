@@ -1,0 +1,104 @@
+"""What several test modules need, written once: reading a problem body,
+waiting (bounded) for something to happen, the MP3 uploads send, and
+counting what the server holds (clips, stored files, open descriptors).
+
+Reading /metrics is tests/scrape.py's; driving Chromium, tests/browser.py's.
+"""
+
+import asyncio
+import inspect
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+PROBLEM = "application/problem+json"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# A real MP3, committed so no encoder is needed at test time: 3 s of the
+# test tune (db.seed.synthesise(220.0, [0, 4, 7, 12], 120, seconds=3), mono
+# 22.05 kHz), encoded once by Debian's lame 3.100: `lame --quiet -b 96`.
+MP3 = (FIXTURES / "tune.mp3").read_bytes()
+MP3_SECONDS = 3.0
+MP3_BITRATE = 96_000
+
+
+async def read_problem(response: aiohttp.ClientResponse, status: int) -> dict:
+    """The RFC 9457 body of an error answer, checked as a client reads it."""
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM
+    body = await response.json()
+    assert body["type"] == "about:blank"
+    assert body["title"] == HTTPStatus(status).phrase
+    assert body["status"] == status
+    assert body["detail"], body
+    return body
+
+
+def error_fields(problem: dict) -> list[str]:
+    """The fields a 400 problem names as wrong, in its order."""
+    return [error["field"] for error in problem.get("errors", [])]
+
+
+async def wait_until(
+    condition: Callable[[], Any | Awaitable[Any]],
+    what: str,
+    *,
+    seconds: float = 5.0,
+    interval: float = 0.02,
+    details: Callable[[], str] | None = None,
+) -> Any:
+    """Call `condition` (plain or async) until it returns something truthy,
+    and return that; fail naming `what` (and `details()`, e.g. a server's
+    log) when `seconds` pass first. It returns as soon as the condition
+    holds: the interval paces the polling, it does not stand in for an
+    event."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            extra = f":\n{details()}" if details else ""
+            pytest.fail(f"{what}: not within {seconds} s{extra}")
+        await asyncio.sleep(interval)
+
+
+def upload_form(audio: bytes | None, filename: str = "song.mp3", **fields: str) -> aiohttp.FormData:
+    """A multipart upload as a browser form sends it: title, genre, the file."""
+    data = aiohttp.FormData(default_to_multipart=True)
+    for name, value in {"title": "Uploaded", "genre": "rock", **fields}.items():
+        data.add_field(name, value)
+    if audio is not None:
+        data.add_field("audio", audio, filename=filename, content_type="audio/mpeg")
+    return data
+
+
+async def clip_count(pool: asyncpg.Pool) -> int:
+    """How many clips the database holds, whatever the API would list."""
+    return await pool.fetchval("SELECT count(*) FROM clips")
+
+
+def media_files(media_dir: Path) -> set[str]:
+    return {path.name for path in media_dir.iterdir()}
+
+
+def open_fds() -> int:
+    """File descriptors this process holds: sockets included."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on, for a process started by a test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
