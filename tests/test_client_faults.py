@@ -1,29 +1,15 @@
 """Listeners who leave, and listeners who never read."""
 
 import asyncio
-import os
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.scrape import metric
+from tests.scrape import metric, settled
+from tests.support import open_fds, wait_until
 
 MIB = 1024 * 1024
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def settle(client, name: str, value: float, **labels) -> str:
-    """Poll /metrics until a sample reaches its value (bounded)."""
-    for _ in range(250):
-        text = await (await client.get("/metrics")).text()
-        if metric(text, name, **labels) == value:
-            return text
-        await asyncio.sleep(0.02)
-    pytest.fail(f"{name}{labels} never reached {value}")
 
 
 class Endless:
@@ -80,7 +66,7 @@ async def test_1000_listeners_leaving_mid_stream_leave_nothing_behind(
         statuses = await asyncio.gather(*(leave_early() for _ in range(1000)))
     assert [s for s in statuses if s != 200] == []
 
-    text = await settle(client, "clips_streams_in_flight", 0)
+    text = await settled(client, "clips_streams_in_flight", 0)
     ended = {
         r: metric(text, "clips_streams_ended_total", reason=r)
         for r in ("complete", "client_gone", "upstream_error", "timeout")
@@ -101,20 +87,22 @@ async def test_a_listener_who_never_reads_holds_the_origin_back(client, make_cli
     # Never read. What the origin could send stops growing once the buffers
     # between it and the listener are full.
     readings = []
-    for _ in range(100):
+
+    def stopped_growing() -> bool:
         readings.append(endless.sent)
-        if len(readings) > 10 and readings[-1] == readings[-10]:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail(f"the origin kept sending: {readings[-1] / MIB:.1f} MiB")
+        return len(readings) > 10 and readings[-1] == readings[-10]
+
+    await wait_until(
+        stopped_growing,
+        "the origin stopping",
+        seconds=5,
+        interval=0.05,
+        details=lambda: f"it kept sending: {readings[-1] / MIB:.1f} MiB",
+    )
     assert endless.sent < 64 * MIB
     response.close()
-    for _ in range(100):
-        if endless.open == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert endless.open == 0  # the upstream request was released
+    # The upstream request is released.
+    await wait_until(lambda: endless.open == 0, "the origin's request ending", seconds=2)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+
+from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # docker-compose and hadolint come from requirements-dev.txt (PyPI
@@ -142,12 +143,6 @@ def test_image_venv_holds_runtime_dependencies_only(image_venv, tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def held_origin(audio: bytes, gate: asyncio.Event) -> web.Application:
     """An origin that sends the first FIRST_BYTES of `audio`, holds the rest
     until `gate` opens (the stream is certainly in flight at SIGTERM), then
@@ -182,18 +177,25 @@ async def start_entrypoint(env: dict[str, str], log: Path) -> asyncio.subprocess
         )
 
 
-async def wait_ready(session: aiohttp.ClientSession, base: str, process) -> bool:
-    """Whether /readyz answers 200 before the process exits or 30 s pass."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.returncode is None:
+async def wait_ready(session: aiohttp.ClientSession, base: str, process, log: Path) -> None:
+    """Until /readyz answers 200; fails, with the server's log, if the
+    process exits first or 30 s pass."""
+
+    async def ready_or_exited() -> str | None:
+        if process.returncode is not None:
+            return "exited"
         try:
             async with session.get(f"{base}/readyz") as response:
-                if response.status == 200:
-                    return True
+                return "ready" if response.status == 200 else None
         except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)  # polling a process that is starting up
-    return False
+            return None  # not listening yet
+
+    outcome = await wait_until(
+        ready_or_exited, "/readyz answering 200", seconds=30, interval=0.05, details=log.read_text
+    )
+    if outcome == "exited":
+        output = await asyncio.to_thread(log.read_text)
+        pytest.fail(f"the server exited ({process.returncode}):\n{output}")
 
 
 def healthcheck_command() -> list[str]:
@@ -252,7 +254,7 @@ async def test_entrypoint_migrates_serves_and_drains_on_sigterm(
     process = await start_entrypoint(env, log)
     try:
         async with aiohttp.ClientSession() as session:
-            assert await wait_ready(session, base, process), log.read_text()
+            await wait_ready(session, base, process, log)
 
             async with session.get(f"{base}/healthz") as response:
                 assert response.status == 200
@@ -286,9 +288,9 @@ async def test_entrypoint_migrates_serves_and_drains_on_sigterm(
 
                 process.send_signal(signal.SIGTERM)
                 stopping = time.monotonic()
-                while not await refused(port):
-                    assert time.monotonic() - stopping < 2, "still accepting after SIGTERM"
-                    await asyncio.sleep(0.02)
+                await wait_until(
+                    lambda: refused(port), "refusing connections after SIGTERM", seconds=2
+                )
                 assert process.returncode is None, "exited with a stream in flight"
 
                 gate.set()

@@ -13,9 +13,7 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,9 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.scrape import samples, scrape
+from tests.support import free_port, wait_until
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "clips.json"
@@ -135,12 +135,6 @@ def test_every_panel_queries_the_provisioned_prometheus():
 # Traffic that reaches every panel
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def settings(settings):
     # Upstream timeouts are part of the traffic: keep each one short.
@@ -223,12 +217,7 @@ async def traffic(client, clips: dict[str, int]):
 
 
 async def exported_metric_names(client) -> set[str]:
-    async with client.get("/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    return {
-        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
-    }
+    return {name for name, _ in samples(await scrape(client))}
 
 
 async def test_every_metric_a_panel_names_is_exported(client, catalogue):
@@ -283,15 +272,21 @@ class Prometheus:
 
     async def wait_until(self, session: aiohttp.ClientSession, promql: str, what: str) -> None:
         """Poll until `promql` has a result, within the deadline."""
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while time.monotonic() < deadline:
+
+        async def answered() -> bool:
             self.check_running()
             # Until it is ready it refuses connections, then answers 503 text.
             with contextlib.suppress(aiohttp.ClientError):
-                if (await self.query(session, promql))["data"]["result"]:
-                    return
-            await asyncio.sleep(0.2)
-        pytest.fail(f"prometheus: no {what} in {DEADLINE_SECONDS}s:\n{self.log.read_text()}")
+                return bool((await self.query(session, promql))["data"]["result"])
+            return False
+
+        await wait_until(
+            answered,
+            f"prometheus: {what}",
+            seconds=DEADLINE_SECONDS,
+            interval=0.2,
+            details=self.log.read_text,
+        )
 
 
 @pytest.fixture

@@ -5,18 +5,7 @@ import json
 
 import yarl
 
-PROBLEM = "application/problem+json"
-
-
-async def problem(response, status: int) -> dict:
-    assert response.status == status, await response.text()
-    assert response.content_type == PROBLEM
-    body = await response.json()
-    assert body["type"] == "about:blank"
-    assert body["title"]
-    assert body["status"] == status
-    assert body["detail"]
-    return body
+from tests.support import clip_count, error_fields, read_problem
 
 
 def cursor(*parts) -> str:
@@ -40,13 +29,13 @@ BAD_IDS = [
 async def test_a_bad_clip_id_is_400(client, subtests):
     for path in BAD_IDS:
         with subtests.test(path=path):
-            body = await problem(await client.get(path), 400)
-            assert [e["field"] for e in body["errors"]] == ["clip_id"]
+            body = await read_problem(await client.get(path), 400)
+            assert error_fields(body) == ["clip_id"]
 
 
 async def test_the_largest_bigint_is_a_valid_id_that_no_clip_has(client):
-    await problem(await client.get("/clips/9223372036854775807"), 404)
-    await problem(await client.get("/clips/9223372036854775807/stats"), 404)
+    await read_problem(await client.get("/clips/9223372036854775807"), 404)
+    await read_problem(await client.get("/clips/9223372036854775807/stats"), 404)
 
 
 BAD_LIST_PARAMETERS = [
@@ -77,8 +66,8 @@ async def test_empty_list_parameters_count_as_absent(client, make_clip):
 async def test_bad_list_parameters_are_400_naming_the_parameter(client, subtests):
     for query, field in BAD_LIST_PARAMETERS:
         with subtests.test(query=query[:40]):
-            body = await problem(await client.get(f"/clips?{query}"), 400)
-            assert [e["field"] for e in body["errors"]] == [field]
+            body = await read_problem(await client.get(f"/clips?{query}"), 400)
+            assert error_fields(body) == [field]
 
 
 TAMPERED_CURSORS = [
@@ -106,8 +95,8 @@ async def test_a_tampered_cursor_is_400(client, subtests):
     for sort, tampered in TAMPERED_CURSORS:
         with subtests.test(sort=sort, cursor=tampered):
             response = await client.get("/clips", params={"sort": sort, "cursor": tampered})
-            body = await problem(response, 400)
-            assert [e["field"] for e in body["errors"]] == ["cursor"]
+            body = await read_problem(response, 400)
+            assert error_fields(body) == ["cursor"]
 
 
 async def test_a_cursor_is_only_good_for_the_sort_that_gave_it(client, make_clip):
@@ -116,13 +105,13 @@ async def test_a_cursor_is_only_good_for_the_sort_that_gave_it(client, make_clip
     first = await client.get("/clips", params={"sort": "popular", "limit": "1"})
     given = yarl.URL(first.headers["Link"].split(">")[0].lstrip("<")).query["cursor"]
     assert (await client.get("/clips", params={"sort": "popular", "cursor": given})).status == 200
-    await problem(await client.get("/clips", params={"sort": "title", "cursor": given}), 400)
+    await read_problem(await client.get("/clips", params={"sort": "title", "cursor": given}), 400)
 
 
 async def test_an_unknown_route_is_a_404_problem(client, subtests):
     for path in ["/nope", "/clips/1/nope", "/clip", "/clips/1/stats/x"]:
         with subtests.test(path=path):
-            body = await problem(await client.get(path), 404)
+            body = await read_problem(await client.get(path), 404)
             assert path in body["detail"]
 
 
@@ -138,6 +127,6 @@ async def test_a_wrong_method_is_405_with_allow(client, pool, subtests):
     for method, path, allowed in WRONG_METHODS:
         with subtests.test(method=method, path=path):
             response = await client.request(method, path, json={"title": "x"})
-            await problem(response, 405)
+            await read_problem(response, 405)
             assert set(response.headers["Allow"].split(",")) == allowed
-    assert await pool.fetchval("SELECT count(*) FROM clips") == 0
+    assert await clip_count(pool) == 0

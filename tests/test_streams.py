@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import os
 from collections import Counter, defaultdict
 
 import aiohttp
@@ -10,7 +9,8 @@ import pytest
 from aiohttp import web
 
 from db.plays import PLAYS
-from tests.scrape import metric
+from tests.scrape import metric, settled
+from tests.support import open_fds, read_problem
 
 KIB = 1024
 
@@ -34,14 +34,6 @@ async def plays_of(client, clip_id: int) -> int:
     await client.server.app[PLAYS].flush()
     response = await client.get(f"/clips/{clip_id}")
     return (await response.json())["play_count"]
-
-
-async def problem(response, status: int) -> dict:
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/problem+json"
-    body = await response.json()
-    assert body["status"] == status
-    return body
 
 
 SOURCES = ["remote", "stored"]
@@ -87,9 +79,8 @@ async def test_range_forms(client, source_clip, audio_dir, source, range_header,
 async def test_unsatisfiable_range_is_416(client, source_clip, audio_dir, source):
     clip_id = await source_clip(source, "small.mp3")
     response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": "bytes=999999-"})
-    assert response.status == 416
+    await read_problem(response, 416)
     assert response.headers["Content-Range"] == "bytes */10000"
-    assert response.content_type == "application/problem+json"
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -97,8 +88,7 @@ async def test_unsatisfiable_range_is_416(client, source_clip, audio_dir, source
 async def test_malformed_range_is_416_problem(client, source_clip, source, value):
     clip_id = await source_clip(source, "small.mp3")
     response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": value})
-    assert response.status == 416
-    assert response.content_type == "application/problem+json"
+    await read_problem(response, 416)
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -186,12 +176,12 @@ async def test_500_concurrent_streams_count_exactly_500(client, source_clip, sou
 
 
 async def test_unknown_clip_is_404(client):
-    await problem(await client.get("/clips/999999/stream"), 404)
+    await read_problem(await client.get("/clips/999999/stream"), 404)
 
 
 async def test_missing_stored_file_is_404(client, make_clip):
     clip_id = await make_clip(media_path="gone.mp3")
-    body = await problem(await client.get(f"/clips/{clip_id}/stream"), 404)
+    body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 404)
     assert "missing" in body["detail"]
 
 
@@ -283,14 +273,14 @@ async def settled_tasks(client) -> Counter[str]:
 @pytest.mark.parametrize("code", [404, 500, 503])
 async def test_origin_error_status_is_502(client, make_clip, faults, code):
     clip_id = await make_clip(audio_url=str(faults.server.make_url(f"/status/{code}")))
-    body = await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 502)
     assert str(code) in body["detail"]
     assert await plays_of(client, clip_id) == 0
 
 
 async def test_origin_down_is_502(client, make_clip, unused_tcp_port):
     clip_id = await make_clip(audio_url=f"http://127.0.0.1:{unused_tcp_port}/a.mp3")
-    await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    await read_problem(await client.get(f"/clips/{clip_id}/stream"), 502)
     assert await plays_of(client, clip_id) == 0
 
 
@@ -298,7 +288,7 @@ async def test_origin_without_headers_in_time_is_504(client, make_clip, faults):
     clip_id = await make_clip(audio_url=str(faults.server.make_url("/hang")))
     tasks = await settled_tasks(client)
     async with asyncio.timeout(5):  # UPSTREAM_HEADERS_TIMEOUT is 1 s in tests
-        await problem(await client.get(f"/clips/{clip_id}/stream"), 504)
+        await read_problem(await client.get(f"/clips/{clip_id}/stream"), 504)
     await within(faults.ended["hang"])  # the upstream request was abandoned
     assert await plays_of(client, clip_id) == 0
     assert not await settled_tasks(client) - tasks  # no task left behind
@@ -325,19 +315,14 @@ async def test_client_going_away_releases_the_upstream_at_once(client, make_clip
     assert len(await response.content.readexactly(64 * KIB)) == 64 * KIB
     response.close()  # the listener leaves
     await within(faults.ended["endless"], seconds=3)
-    async with asyncio.timeout(3):
-        while True:
-            text = await (await client.get("/metrics")).text()
-            if metric(text, "clips_streams_in_flight") == 0:
-                break
-            await asyncio.sleep(0.02)
+    text = await settled(client, "clips_streams_in_flight", 0, seconds=3)
     assert metric(text, "clips_streams_ended_total", reason="client_gone") == 1
     assert not await settled_tasks(client) - tasks  # no task left behind
 
 
 async def test_redirect_loop_is_502(client, make_clip, faults):
     clip_id = await make_clip(audio_url=str(faults.server.make_url("/loop")))
-    body = await problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 502)
     assert "redirects" in body["detail"]
 
 
@@ -440,7 +425,7 @@ async def test_garbage_from_the_origin_is_502(client, make_clip, hostile, reply,
     replies["/a.mp3"] = reply
     clip_id = await make_clip(audio_url=f"http://127.0.0.1:{port}/a.mp3")
     async with asyncio.timeout(5):
-        await problem(await client.get(f"/clips/{clip_id}/stream"), status)
+        await read_problem(await client.get(f"/clips/{clip_id}/stream"), status)
 
 
 async def test_an_endless_body_is_cut_at_stream_max_seconds(
@@ -483,10 +468,6 @@ async def test_if_modified_since_and_if_range(client, source_clip, audio_dir, so
     )
     assert stale.status == 200
     assert len(await stale.read()) == (audio_dir / "big.mp3").stat().st_size
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @pytest.mark.parametrize(

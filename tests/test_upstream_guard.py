@@ -7,6 +7,7 @@ import yarl
 from aiohttp import web
 
 from streaming.upstream import UpstreamGuard, UpstreamRefused, literal_address
+from tests.support import error_fields, read_problem
 
 # Every spelling of an internal address a URL can carry. {port} is the port
 # of a real origin listening on 127.0.0.1, so a guard that let one through
@@ -108,9 +109,7 @@ async def test_stream_never_reaches_an_inward_address(
 ):
     url = template.format(port=watched_origin.port)
     clip_id = await make_clip(audio_url=url)
-    response = await guarded_client.get(f"/clips/{clip_id}/stream")
-    assert response.status == 502, await response.text()
-    assert response.content_type == "application/problem+json"
+    await read_problem(await guarded_client.get(f"/clips/{clip_id}/stream"), 502)
     assert watched_origin.seen == []
 
 
@@ -118,10 +117,8 @@ async def test_stream_never_reaches_an_inward_address(
 async def test_create_refuses_an_inward_audio_url(guarded_client, watched_origin, template):
     url = template.format(port=watched_origin.port)
     body = {"title": "Sneaky", "genre": "rock", "duration_seconds": 10, "audio_url": url}
-    response = await guarded_client.post("/clips", json=body)
-    assert response.status == 400, await response.text()
-    problem = await response.json()
-    assert [e["field"] for e in problem["errors"]] == ["audio_url"]
+    problem = await read_problem(await guarded_client.post("/clips", json=body), 400)
+    assert error_fields(problem) == ["audio_url"]
     listing = await (await guarded_client.get("/clips")).json()
     assert listing == []
 
@@ -137,9 +134,8 @@ async def test_redirect_to_an_internal_host_is_refused(
     clip_id = await make_clip(
         audio_url=f"http://localhost:{watched_origin.port}/redirect?to={target}"
     )
-    response = await client.get(f"/clips/{clip_id}/stream")
-    assert response.status == 502
-    assert "not a public address" in (await response.json())["detail"]
+    problem = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    assert "not a public address" in problem["detail"]
     assert [yarl.URL(u).path for u in watched_origin.seen] == ["/redirect"]
 
 
@@ -155,6 +151,4 @@ async def test_a_name_that_does_not_resolve_yet_is_accepted_and_checked_when_pla
     created = await guarded_client.post("/clips", json=body)
     assert created.status == 201
     clip = await created.json()
-    response = await guarded_client.get(f"/clips/{clip['id']}/stream")
-    assert response.status == 502
-    assert response.content_type == "application/problem+json"
+    await read_problem(await guarded_client.get(f"/clips/{clip['id']}/stream"), 502)
