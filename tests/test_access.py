@@ -5,7 +5,10 @@ import time
 import pytest
 import yarl
 
+from db import POOL
+from db.plays import PLAYS
 from settings import parse_keys
+from tests.support import read_problem
 from web.auth import ApiKeys, StreamSigner
 
 READ_KEY = "read-key-0123456789abcdef"
@@ -30,59 +33,94 @@ async def keyed(settings, make_client):
 
 @pytest.fixture
 async def clip_id(make_clip):
-    return await make_clip(media_path="small.mp3")
+    return await make_clip(media_path="small.mp3")  # its title: "A clip"
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-# Each route, and who may use it.
+# Each route, and who may use it: reads need a read or a write key...
 READ_ROUTES = [("GET", "/clips"), ("GET", "/clips/{id}"), ("GET", "/clips/{id}/stats"),
                ("GET", "/clips/{id}/stream"), ("HEAD", "/clips/{id}/stream")]  # fmt: skip
-WRITE_ROUTES = [("POST", "/clips")]
+# ...writes a write key: the body each sends, what a write key gets, and the
+# titles the catalogue holds afterwards (it starts with clip_id's alone).
+WRITES = {
+    ("POST", "/clips"): (NEW_CLIP, 201, ["A clip", "T"]),
+    ("PATCH", "/clips/{id}"): ({"title": "Renamed"}, 200, ["Renamed"]),
+    ("DELETE", "/clips/{id}"): (None, 204, []),
+}
+WRITE_ROUTES = list(WRITES)
+
+
+async def send(client, method: str, path: str, clip_id: int, key: str | None):
+    body = WRITES.get((method, path), (None,))[0]
+    return await client.request(method, path.format(id=clip_id), json=body, headers=bearer(key))
+
+
+async def catalogue(client) -> list[dict]:
+    """Every row of the clips table, once the plays the app holds are written:
+    what a refused request must leave as it was."""
+    await client.server.app[PLAYS].flush()
+    return [
+        dict(row) for row in await client.server.app[POOL].fetch("SELECT * FROM clips ORDER BY id")
+    ]
 
 
 @pytest.mark.parametrize(("method", "path"), READ_ROUTES + WRITE_ROUTES)
-async def test_no_key_is_401_with_a_challenge(keyed, clip_id, method, path):
-    response = await keyed.request(method, path.format(id=clip_id), json=NEW_CLIP)
+async def test_no_key_is_401_with_a_challenge_and_changes_nothing(
+    keyed, clip_id, media_dir, method, path
+):
+    before = await catalogue(keyed)
+    response = await send(keyed, method, path, clip_id, None)
     assert response.status == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
     if method != "HEAD":
-        assert response.content_type == "application/problem+json"
+        await read_problem(response, 401)
+    assert await catalogue(keyed) == before  # no row added, changed, removed or played
+    assert (media_dir / "small.mp3").exists()
 
 
 @pytest.mark.parametrize(("method", "path"), READ_ROUTES + WRITE_ROUTES)
-async def test_an_unknown_key_is_401(keyed, clip_id, method, path):
-    headers = bearer("not-a-key-but-long-enough")
-    response = await keyed.request(method, path.format(id=clip_id), json=NEW_CLIP, headers=headers)
+async def test_an_unknown_key_is_401_and_changes_nothing(keyed, clip_id, media_dir, method, path):
+    before = await catalogue(keyed)
+    response = await send(keyed, method, path, clip_id, "not-a-key-but-long-enough")
     assert response.status == 401
+    if method != "HEAD":
+        await read_problem(response, 401)
+    assert await catalogue(keyed) == before
+    assert (media_dir / "small.mp3").exists()
 
 
 @pytest.mark.parametrize(("method", "path"), READ_ROUTES)
 @pytest.mark.parametrize("key", [READ_KEY, WRITE_KEY])
 async def test_read_and_write_keys_read(keyed, clip_id, method, path, key):
-    response = await keyed.request(method, path.format(id=clip_id), headers=bearer(key))
+    response = await send(keyed, method, path, clip_id, key)
     assert response.status == 200
+
+
+@pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
+async def test_a_read_key_cannot_write_and_changes_nothing(keyed, clip_id, media_dir, method, path):
+    before = await catalogue(keyed)
+    response = await send(keyed, method, path, clip_id, READ_KEY)
+    await read_problem(response, 403)
+    assert await catalogue(keyed) == before
+    assert (media_dir / "small.mp3").exists()
+    shown = await keyed.get(f"/clips/{clip_id}", headers=bearer(READ_KEY))
+    assert (await shown.json())["title"] == "A clip"
+
+
+@pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
+async def test_a_write_key_writes(keyed, clip_id, method, path):
+    _, status, titles = WRITES[(method, path)]
+    response = await send(keyed, method, path, clip_id, WRITE_KEY)
+    assert response.status == status, await response.text()
+    assert [row["title"] for row in await catalogue(keyed)] == titles
 
 
 async def test_x_api_key_header_works_too(keyed, clip_id):
     response = await keyed.get(f"/clips/{clip_id}", headers={"X-API-Key": READ_KEY})
     assert response.status == 200
-
-
-@pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
-async def test_a_read_key_cannot_write(keyed, method, path):
-    before = await (await keyed.get("/clips", headers=bearer(READ_KEY))).json()
-    response = await keyed.request(method, path, json=NEW_CLIP, headers=bearer(READ_KEY))
-    assert response.status == 403
-    after = await (await keyed.get("/clips", headers=bearer(READ_KEY))).json()
-    assert after == before
-
-
-async def test_a_write_key_writes(keyed):
-    response = await keyed.post("/clips", json=NEW_CLIP, headers=bearer(WRITE_KEY))
-    assert response.status == 201
 
 
 async def test_health_and_readiness_stay_open(keyed):
@@ -140,7 +178,9 @@ async def test_a_signature_opens_only_the_stream(keyed, clip_id):
     assert response.status == 401
 
 
-async def test_tampered_expired_and_cross_clip_signatures_are_403(keyed, clip_id, make_clip):
+async def test_tampered_expired_and_cross_clip_signatures_are_403(
+    keyed, clip_id, make_clip, subtests
+):
     other = await make_clip(media_path="big.mp3")
     url = await signed_url(keyed, clip_id)
     exp, sig = url.query["exp"], url.query["sig"]
@@ -154,9 +194,8 @@ async def test_tampered_expired_and_cross_clip_signatures_are_403(keyed, clip_id
     expired = StreamSigner((SECRET,), 60).sign(clip_id, now=time.time() - 3600)
     cases.append(f"/clips/{clip_id}/stream?exp={expired['exp']}&sig={expired['sig']}")
     for path in cases:
-        response = await keyed.get(path)
-        assert response.status == 403, path
-        assert response.content_type == "application/problem+json"
+        with subtests.test(path=path):
+            await read_problem(await keyed.get(path), 403)
 
 
 async def test_rotation_accepts_old_and_new_secrets(settings, make_client, clip_id):
