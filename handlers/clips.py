@@ -59,9 +59,14 @@ def etag(clip: Row) -> str:
 
 
 def check_version(request: web.Request, clip: Row) -> None:
-    """If-Match: change the clip only if nobody changed it since."""
-    wanted = request.headers.get("If-Match")
-    if wanted is not None and wanted.strip() != "*" and etag(clip) not in wanted.split(","):
+    """If-Match: change the clip only if nobody changed it since: any listed
+    entity tag matching strongly, or `*` (RFC 9110 §13.1.1; weak tags never
+    match)."""
+    listed = request.if_match
+    current = etag(clip).strip('"')
+    if listed is not None and not any(
+        tag.value == "*" or (not tag.is_weak and tag.value == current) for tag in listed
+    ):
         raise Problem(
             412, "The clip changed since you read it; fetch it again", headers={"ETag": etag(clip)}
         )

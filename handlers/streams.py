@@ -2,8 +2,9 @@
 
 The route only finds the clip and picks the sender: stored clips go out
 from the media store with sendfile (streaming/stored.py), remote clips are
-piped from their origin or redirected to it (streaming/proxy.py). The play
-rule lives in streaming/plays.py.
+piped from their origin or redirected to it (streaming/proxy.py). What the
+request asks for is read once (streaming/ranges.py); the play rule lives in
+streaming/plays.py.
 """
 
 from aiohttp import web
@@ -11,8 +12,9 @@ from aiohttp import web
 from db.clip_cache import CLIP_CACHE
 from settings import SETTINGS
 from storage import MEDIA_STORE
-from streaming.plays import STREAM_CLIP
+from streaming.plays import STREAM_CLIP, STREAM_RANGE
 from streaming.proxy import redirect_remote, send_remote
+from streaming.ranges import requested_range
 from streaming.stored import send_stored
 from web.auth import STREAM_ROUTE
 from web.params import parse_id
@@ -28,9 +30,10 @@ async def stream_clip(request: web.Request) -> web.StreamResponse:
     if clip is None:
         raise Problem(404, f"No clip has id {clip_id}")
     request[STREAM_CLIP] = clip_id
+    request[STREAM_RANGE] = requested_range(request)
     if clip["media_path"] is not None:
         path = request.app[MEDIA_STORE].path(clip["media_path"])
         return await send_stored(request, path, clip["content_type"])
     if request.app[SETTINGS].stream_mode == "redirect":
-        return redirect_remote(request, clip)
+        return await redirect_remote(request, clip)
     return await send_remote(request, clip)

@@ -1,15 +1,17 @@
 """The play rule, and the accounting of every stream from start to end.
 
-A play is counted the moment a stream starts, decided from the response
-actually sent (is_play): a GET whose response starts with status 200, or
-206 from byte 0 covering at least 64 KiB (or the whole file). Seeks, HEAD,
-304, 416 and errors never count, nor does Safari's `bytes=0-1` probe. Where
-the bytes never pass through here (STREAM_MODE=redirect), the same rule is
-read from the request (is_play_request).
+A play is counted the moment a stream starts (README, "When a play
+counts"), decided from the request *and* the response, so that no origin
+can turn a seek into a play by ignoring its Range: the request asks for
+the start (no Range, or a range from byte 0 reaching at least 64 KiB or
+the end: `asks_for_play`), and the response is a non-empty 200, or a 206
+from byte 0 reaching 64 KiB or the end (`is_play`). Seeks, suffix ranges,
+Safari's `bytes=0-1` probe, HEAD, 304, 416 and errors never count. Where
+the bytes never pass through here (STREAM_MODE=redirect), the request
+alone decides.
 """
 
 import asyncio
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,31 +19,50 @@ from aiohttp import web
 
 from db.plays import PLAYS
 from metrics.registry import METRICS
+from streaming.ranges import ByteRange, content_range
 from web.requestlog import BODY_BYTES
 
 MIN_PLAY_BYTES = 64 * 1024
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
-# Set by the route: which clip this stream plays; by the sender: from where
-# ("stored" or "remote"); then by count_play: that the stream started.
+# Set by the route: which clip this stream plays and the range it asks for;
+# by the sender: from where ("stored" or "remote"); then by count_play:
+# that the stream started.
 STREAM_CLIP = web.RequestKey("STREAM_CLIP", int)
+STREAM_RANGE = web.RequestKey("STREAM_RANGE", ByteRange | None)
 STREAM_SOURCE = web.RequestKey("STREAM_SOURCE", str)  # "stored" or "remote"
 STREAM_STARTED = web.RequestKey("STREAM_STARTED", bool)
 
 
-def is_play(method: str, status: int, content_range: str | None) -> bool:
-    if method != "GET":
-        return False
-    if status == 200:
+def asks_for_play(requested: ByteRange | None, size: int | None = None) -> bool:
+    """The request's half of the rule: the whole clip, or a range from byte
+    0 reaching 64 KiB or (when the size is known) the end."""
+    if requested is None:
         return True
-    if status != 206 or content_range is None:
+    if not requested.from_start:
         return False
-    match = _CONTENT_RANGE.fullmatch(content_range)
-    if match is None:
+    last = requested.last
+    return last is None or last + 1 >= MIN_PLAY_BYTES or (size is not None and last + 1 >= size)
+
+
+def is_play(
+    method: str,
+    requested: ByteRange | None,
+    status: int,
+    content_range_value: str | None,
+    length: int | None,
+) -> bool:
+    """Both halves. `length` is the 200 body's size (None: unknown)."""
+    if method != "GET" or status not in (200, 206):
         return False
-    start, end, total = int(match[1]), int(match[2]), match[3]
-    whole = total != "*" and end + 1 == int(total)
-    return start == 0 and (end + 1 >= MIN_PLAY_BYTES or whole)
+    if status == 206:
+        sent = content_range(content_range_value)
+        if sent is None or sent[0] != 0:
+            return False
+        covers, size = sent[1] + 1, sent[2]
+    else:
+        covers = size = length
+    reaches = covers is None or (covers > 0 and (covers >= MIN_PLAY_BYTES or covers == size))
+    return reaches and asks_for_play(requested, size)
 
 
 async def count_play(request: web.Request, response: web.StreamResponse) -> None:
@@ -54,7 +75,13 @@ async def count_play(request: web.Request, response: web.StreamResponse) -> None
     source = request[STREAM_SOURCE]
     metrics.streams_started.labels(metrics.clip_label(clip_id), source).inc()
     metrics.streams_in_flight.inc()
-    if is_play(request.method, response.status, response.headers.get("Content-Range")):
+    if is_play(
+        request.method,
+        request.get(STREAM_RANGE),
+        response.status,
+        response.headers.get("Content-Range"),
+        response.content_length,
+    ):
         request.app[PLAYS].record(clip_id)
 
 
@@ -88,15 +115,3 @@ def tracked(request: web.Request) -> Iterator[Outcome]:
             metrics.streams_ended.labels(outcome.reason).inc()
             metrics.stream_bytes.labels(source).inc(outcome.sent)
             request[BODY_BYTES] = outcome.sent
-
-
-def is_play_request(method: str, range_header: str | None) -> bool:
-    """is_play, read from the request: no Range, `bytes=0-` or `bytes=0-N`
-    spanning at least 64 KiB. (A whole file shorter than that, asked for
-    with a closed range, cannot be recognised without its size.)"""
-    if method != "GET":
-        return False
-    if range_header is None:
-        return True
-    match = re.fullmatch(r"bytes=0-(\d*)", range_header.strip())
-    return match is not None and (not match[1] or int(match[1]) + 1 >= MIN_PLAY_BYTES)

@@ -1,16 +1,34 @@
 """Remote audio piped from its origin, or (STREAM_MODE=redirect) pointed at.
 
-Request headers that make Range and revalidation work go to the origin;
-from its answer an allowlist of headers comes back, and the body is written
-on chunk by chunk as it arrives, never held whole. A problem can be
-answered only before the first byte: after it, a failing origin or an
-endless trickle cuts the connection, which tells the listener the body is
-short.
+Whatever the origin does, the listener gets what it asked for or a clear
+error, and the play rule (streaming/plays.py) sees the truth:
+
+- Range: a single byte range is passed on. If the origin ignores it (200,
+  the whole body) and says its length, the part is cut here and answered
+  206 with the right Content-Range, so seeking works and a seek is never a
+  play; without a length, a range within the first MIN_PLAY_BYTES (a
+  player's probe) is still cut here (`Content-Range: bytes 0-1/*`), and
+  anything else gets the origin's 200 (no seeking on such origins).
+- An encoded body (any Content-Encoding but identity, although identity
+  was asked for) is refused with 502: decoding would break the byte ranges
+  and Content-Length, and a listener must never receive a coding it did
+  not ask for. Audio is compressed already; an origin gzipping it is
+  misconfigured.
+- An empty body is refused with 502 before anything is sent: nothing was
+  played.
+- Content-Type is always audio (streaming/headers.py), with the stream
+  headers every source carries.
+
+A problem can be answered only before the first byte: after it, a failing
+origin or an endless trickle cuts the connection, which tells the listener
+the body is short.
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -19,37 +37,97 @@ from db.clips import Row
 from db.plays import PLAYS
 from metrics.registry import METRICS
 from settings import SETTINGS
-from streaming.plays import STREAM_SOURCE, is_play_request, tracked
+from streaming.headers import STREAM_HEADERS, audio_type
+from streaming.plays import (
+    MIN_PLAY_BYTES,
+    STREAM_RANGE,
+    STREAM_SOURCE,
+    Outcome,
+    asks_for_play,
+    tracked,
+)
+from streaming.ranges import ByteRange, content_range, if_range_holds, not_modified
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
 
-FORWARD_REQUEST = ("Range", "If-Range", "If-None-Match", "If-Modified-Since")
-FORWARD_RESPONSE = (
-    "Content-Type",
-    "Content-Length",
-    "Content-Range",
-    "Accept-Ranges",
-    "ETag",
-    "Last-Modified",
-    "Content-Encoding",
-)
+# Conditional request headers passed to the origin (If-Range goes with Range).
+FORWARD_REQUEST = ("If-None-Match", "If-Modified-Since")
+VALIDATORS = ("ETag", "Last-Modified")
 
 
-def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse:
+def revalidates(request: web.Request) -> bool:
+    return "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+
+
+def is_probe(wanted: ByteRange | None) -> bool:
+    """A player's probe: a short range from byte 0 (Safari's `bytes=0-1`)."""
+    if wanted is None or not wanted.from_start or wanted.last is None:
+        return False
+    return wanted.last + 1 < MIN_PLAY_BYTES
+
+
+async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     """STREAM_MODE=redirect: the bytes never pass through here, so the play
-    is judged by the request's Range, then the player goes to the origin."""
-    if is_play_request(request.method, request.headers.get("Range")):
+    is judged by the request alone, then the player goes to the origin.
+    A probe is answered here from the origin (a few bytes): Safari and iOS
+    send every request after a redirect to its target (whatwg/fetch#145),
+    so redirecting the probe would take the real request, and its play,
+    away from this URL. A conditional GET is a cache revalidating what it
+    has, answered 304 when unchanged: never a play, as in proxy mode."""
+    wanted = request[STREAM_RANGE]
+    if request.method == "GET" and is_probe(wanted):
+        return await send_remote(request, clip)
+    if request.method == "GET" and asks_for_play(wanted) and not revalidates(request):
         request.app[PLAYS].record(clip["id"])
     raise web.HTTPFound(clip["audio_url"], headers={"Cache-Control": "no-store"})
 
 
 async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     request[STREAM_SOURCE] = "remote"
+    wanted = request[STREAM_RANGE]
+    headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
+    if wanted is not None and "If-Range" not in request.headers and wanted.suffix != 0:
+        headers["Range"] = wanted.header()
+    # `bytes=-0` is unsatisfiable whatever the size, but origins differ on
+    # it: ask for the whole body and let the 416 be decided here. With
+    # If-Range the whole body is asked for too, and the condition decided
+    # here, against the validators the origin sends: origins that honour
+    # Range do not all honour If-Range (aiohttp's static files read only
+    # dates), and a range of a changed clip would be spliced into the old.
+    origin = await open_origin(request, clip, headers)
+    chunk_bytes = request.app[UPSTREAM].buffer_bytes
+    async with origin:
+        part = Part.of(request, origin, clip)
+        first = b""
+        if request.method == "GET" and part.status != 304:
+            first = await part.first_bytes(origin, chunk_bytes)
+        response = web.StreamResponse(status=part.status, headers=part.headers)
+        if part.length is not None and part.status != 304:
+            response.content_length = part.length
+        with tracked(request) as outcome:
+            await response.prepare(request)
+            if request.method == "HEAD" or part.status == 304:
+                return response
+            await pipe(request, response, part.body(first, origin, chunk_bytes), outcome)
+            if outcome.reason != "complete":
+                # Headers are gone: closing the connection is the only way
+                # left to tell the listener the body is cut short.
+                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+    return response
+
+
+async def open_origin(
+    request: web.Request, clip: Row, headers: dict[str, str]
+) -> aiohttp.ClientResponse:
+    """The origin's response, headers in, or a problem naming what failed."""
     upstream = request.app[UPSTREAM]
     metrics = request.app[METRICS]
-    headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
     started = time.perf_counter()
     try:
         origin = await upstream.open(request.method, clip["audio_url"], headers)
@@ -67,44 +145,128 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     metrics.upstream_requests.labels(
         f"{origin.status // 100}xx" if origin.status >= 400 else "ok"
     ).inc()
+    return origin
 
-    async with origin:
+
+@dataclass
+class Part:
+    """What the listener gets from an origin's answer: status, headers, and
+    which bytes of the origin's body (`skip` them, then at most `limit`)."""
+
+    status: int
+    headers: dict[str, str]
+    length: int | None = None
+    skip: int = 0
+    limit: int | None = None
+
+    @classmethod
+    def of(cls, request: web.Request, origin: aiohttp.ClientResponse, clip: Row) -> "Part":
+        """Raises a problem for an answer that cannot be passed on."""
         if origin.status == 416:
             raise Problem(
                 416,
-                f"Range {request.headers.get('Range')!r} is outside the audio",
+                f"Range {request.headers.get('Range', '')[:100]!r} is outside the audio",
                 headers={k: v for k, v in origin.headers.items() if k == "Content-Range"},
             )
         if origin.status not in (200, 206, 304):
             raise Problem(502, f"The clip's audio origin answered {origin.status}")
-        response = web.StreamResponse(
-            status=origin.status,
-            headers={k: origin.headers[k] for k in FORWARD_RESPONSE if k in origin.headers},
-        )
-        if "Content-Type" not in response.headers:
-            response.content_type = clip["content_type"]
-        with tracked(request) as outcome:
-            await response.prepare(request)
-            if request.method == "HEAD" or origin.status == 304:
-                return response
-            try:
-                # A trickling or endless origin must not hold a stream forever.
-                async with asyncio.timeout(request.app[SETTINGS].stream_max_seconds):
-                    async for chunk in origin.content.iter_chunked(upstream.buffer_bytes):
-                        await response.write(chunk)
-                        outcome.sent += len(chunk)
-            except TimeoutError:
-                outcome.reason = "timeout"
-            except aiohttp.ClientError as error:
-                if isinstance(error, ConnectionResetError):
-                    raise  # writing to the listener failed: they left
-                outcome.reason = "upstream_error"
-            if outcome.reason != "complete":
-                # Headers are gone: closing the connection is the only way
-                # left to tell the listener the body is cut short.
-                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            await response.write_eof()
-    return response
+        coding = origin.headers.get("Content-Encoding", "identity").strip().lower()
+        if coding not in ("", "identity"):
+            raise Problem(502, f"The clip's audio origin sent an encoded body ({coding[:40]})")
+        headers = {
+            **STREAM_HEADERS,
+            "Content-Type": audio_type(origin.headers.get("Content-Type"), clip["content_type"]),
+            **{k: origin.headers[k] for k in VALIDATORS if k in origin.headers},
+        }
+        length = origin.content_length
+        if length == 0 and origin.status != 304:
+            raise Problem(502, "The clip's audio origin sent an empty body")
+        etag, modified = origin.headers.get("ETag"), origin.headers.get("Last-Modified")
+        if origin.status == 304 or (
+            origin.status == 200 and etag and not_modified(request, etag, modified)
+        ):
+            # The origin's 304, or one it should have sent: it ignored the
+            # conditional request, and the listener's copy is current.
+            return cls(304, headers)
+        if origin.status == 206:
+            sent = content_range(origin.headers.get("Content-Range"))
+            if sent is None:
+                raise Problem(502, "The clip's audio origin sent a part without its range")
+            headers["Content-Range"] = origin.headers["Content-Range"]
+            headers["Accept-Ranges"] = "bytes"
+            return cls(206, headers, length=sent[1] - sent[0] + 1, limit=sent[1] - sent[0] + 1)
+        # 200: the whole body, whatever was asked. Cut the range here when
+        # it can be done right.
+        headers["Accept-Ranges"] = "bytes" if length is not None else "none"
+        wanted = request[STREAM_RANGE]
+        if wanted is None or not if_range_holds(request, etag, modified):
+            return cls(200, headers, length=length, limit=length)
+        if length is not None:
+            offset, count = wanted.resolve(length)
+            headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{length}"
+            return cls(206, headers, length=count, skip=offset, limit=count)
+        if is_probe(wanted):
+            # Unknown length: cut a probe's few bytes; the answer's length is
+            # whatever the origin has of them.
+            return cls(206, headers, skip=0, limit=wanted.last + 1)
+        return cls(200, headers)
+
+    async def first_bytes(self, origin: aiohttp.ClientResponse, chunk_bytes: int) -> bytes:
+        """The body's first bytes, read before anything is sent: an empty
+        body is a 502, not a play. For a part of unknown length (a probe
+        cut here), all of it, so that its Content-Range can be told."""
+        if self.length is not None or self.status == 200:
+            first = await origin.content.read(chunk_bytes)
+        else:
+            first = bytearray()
+            while len(first) < self.limit and (more := await origin.content.read(chunk_bytes)):
+                first += more
+            first = bytes(first[: self.limit])
+            self.length = self.limit = len(first)
+            self.headers["Content-Range"] = f"bytes 0-{len(first) - 1}/*"
+        if not first:
+            raise Problem(502, "The clip's audio origin sent an empty body")
+        return first
+
+    async def body(
+        self, first: bytes, origin: aiohttp.ClientResponse, chunk_bytes: int
+    ) -> AsyncIterator[bytes]:
+        """The listener's bytes: `first` (already read) and the rest of the
+        origin's body, cut to this part."""
+        skip, limit = self.skip, self.limit
+        chunk = first
+        while chunk and limit != 0:
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+            if limit is not None:
+                chunk = chunk[:limit]
+                limit -= len(chunk)
+            if chunk:
+                yield chunk
+            if limit != 0:
+                chunk = await origin.content.read(chunk_bytes)
+        if limit:
+            raise aiohttp.ClientPayloadError(f"the origin's body ended {limit} bytes short")
+
+
+async def pipe(
+    request: web.Request,
+    response: web.StreamResponse,
+    chunks: AsyncIterator[bytes],
+    outcome: Outcome,
+) -> None:
+    """Write `chunks` to the listener; sets `outcome.reason` when the origin
+    fails or trickles past STREAM_MAX_SECONDS."""
+    try:
+        # A trickling or endless origin must not hold a stream forever.
+        async with asyncio.timeout(request.app[SETTINGS].stream_max_seconds):
+            async for chunk in chunks:
+                await response.write(chunk)
+                outcome.sent += len(chunk)
+    except TimeoutError:
+        outcome.reason = "timeout"
+    except aiohttp.ClientError as error:
+        if isinstance(error, ConnectionResetError):
+            raise  # writing to the listener failed: they left
+        outcome.reason = "upstream_error"

@@ -1,44 +1,125 @@
-"""Range and conditional requests on a representation whose size and
-modification time are known (RFC 9110 §13-14): which part, if any, to send.
+"""Range and conditional requests (RFC 9110 §13, §14), one reading for both
+sources: stored files and remote origins.
 
-As aiohttp's FileResponse decides them: If-None-Match before
-If-Modified-Since, If-Range by date, one byte range, 416 (a problem) when it
-starts past the end or cannot be read.
+What a request asks for is read once (`requested_range`). A `Range` the
+server may ignore is ignored, as if absent, and the whole representation
+is sent (200): a unit other than `bytes`, several ranges (never sent by a
+browser's media player), a malformed or backwards range, and any `Range`
+on a method other than GET (RFC 9110 §14.2 defines it for GET only; a HEAD
+answers the whole length). A syntactically valid range that cannot be
+satisfied (it starts past the end, or `bytes=-0`) is a 416 naming the
+size. `If-Range` holds only for a strong entity tag that matches exactly,
+or a date equal to Last-Modified (§13.1.5); otherwise the whole
+representation is sent.
 """
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 from aiohttp import web
 
 from web.problems import Problem
 
-
-def not_modified(request: web.Request, etag: str, mtime: float) -> bool:
-    if (tags := request.if_none_match) is not None:
-        return any(tag.value in ("*", etag) for tag in tags)  # weak comparison
-    since = request.if_modified_since
-    return since is not None and mtime <= since.timestamp()
+_SPEC = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-def byte_range(request: web.Request, size: int, mtime: float) -> tuple[int, int] | None:
-    """(offset, count) of the part asked for; None for the whole file."""
-    if "Range" not in request.headers:
+@dataclass(frozen=True)
+class ByteRange:
+    """One range of bytes as asked: `first` to `last` inclusive (`last`
+    None: to the end), or with `first` None the last `suffix` bytes."""
+
+    first: int | None
+    last: int | None = None
+    suffix: int | None = None
+
+    @property
+    def from_start(self) -> bool:
+        return self.first == 0
+
+    def header(self) -> str:
+        """The Range header asking for this range."""
+        if self.first is None:
+            return f"bytes=-{self.suffix}"
+        return f"bytes={self.first}-{'' if self.last is None else self.last}"
+
+    def resolve(self, size: int) -> tuple[int, int]:
+        """(offset, count) of this range in a representation of `size`
+        bytes; raises a 416 problem when none of it is there."""
+        if self.first is None:
+            offset = max(size - self.suffix, 0)
+            if self.suffix == 0 or size == 0:
+                raise unsatisfiable(self, size)
+            return offset, size - offset
+        if self.first >= size:
+            raise unsatisfiable(self, size)
+        end = size if self.last is None else min(self.last + 1, size)
+        return self.first, end - self.first
+
+
+def unsatisfiable(wanted: ByteRange, size: int) -> Problem:
+    return Problem(
+        416,
+        f"Range {wanted.header()} is outside the audio's {size} bytes",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def requested_range(request: web.Request) -> ByteRange | None:
+    """The single byte range a request asks for, or None for the whole
+    representation (no Range, or one that is ignored: see above)."""
+    header = request.headers.get("Range")
+    if header is None or request.method != "GET":
         return None
-    if (if_range := request.if_range) is not None and mtime > if_range.timestamp():
-        return None  # changed since the client's copy: send it all
-    unsatisfiable = {"Content-Range": f"bytes */{size}"}
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    match = _SPEC.fullmatch(spec)
+    if match is None or not (match[1] or match[2]):
+        return None
+    if not match[1]:
+        return ByteRange(None, suffix=int(match[2]))
+    first, last = int(match[1]), int(match[2]) if match[2] else None
+    if last is not None and last < first:
+        return None
+    return ByteRange(first, last)
+
+
+def if_range_holds(request: web.Request, etag: str | None, last_modified: str | None) -> bool:
+    """Whether a range may be sent: no If-Range, or it names this very
+    version. `etag` and `last_modified` are the header values as sent."""
+    value = request.headers.get("If-Range")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith(('"', "W/")):
+        return etag is not None and not etag.startswith("W/") and value == etag.strip()
+    return http_date(value) is not None and http_date(value) == http_date(last_modified)
+
+
+def http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
     try:
-        start, stop = request.http_range.start, request.http_range.stop
-    except ValueError:
-        raise Problem(
-            416, f"Range {request.headers['Range'][:100]!r} is malformed", headers=unsatisfiable
-        ) from None
-    if start is None:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
-    if start < 0 and stop is None:  # the last -start bytes
-        start = max(size + start, 0)
-    end = size if stop is None else min(stop, size)
-    if start >= size:
-        raise Problem(
-            416, f"Range starts at byte {start}, past the audio's {size} bytes",
-            headers=unsatisfiable,
-        )  # fmt: skip
-    return start, end - start
+
+
+def not_modified(request: web.Request, etag: str, last_modified: str | None) -> bool:
+    """If-None-Match (weak comparison), else If-Modified-Since (§13.1.2-3)."""
+    if (tags := request.if_none_match) is not None:
+        current = etag.removeprefix("W/").strip('"')
+        return any(tag.value in ("*", current) for tag in tags)
+    since, modified = http_date(request.headers.get("If-Modified-Since")), http_date(last_modified)
+    return since is not None and modified is not None and modified <= since
+
+
+def content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """(first, last, size or None) of a `Content-Range: bytes a-b/c` value."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if match is None or int(match[2]) < int(match[1]):
+        return None
+    return int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from streaming.plays import STREAM_SOURCE, tracked
-from streaming.ranges import byte_range, not_modified
+from streaming.headers import STREAM_HEADERS
+from streaming.plays import STREAM_RANGE, STREAM_SOURCE, tracked
+from streaming.ranges import if_range_holds, not_modified
 from web.problems import Problem
 
 
@@ -31,22 +32,23 @@ class StoredFile:
             raise Problem(404, "The clip's audio file is missing") from None
         try:
             stat = os.fstat(self.file.fileno())
-            self.offset, self.count = 0, stat.st_size
-            self.response = web.StreamResponse(headers={"Accept-Ranges": "bytes"})
+            size = stat.st_size
+            self.offset, self.count = 0, size
+            self.response = web.StreamResponse(headers={**STREAM_HEADERS, "Accept-Ranges": "bytes"})
             self.response.content_type = content_type
-            etag = f"{stat.st_mtime_ns:x}-{stat.st_size:x}"
-            self.response.etag = etag
+            self.response.etag = f"{stat.st_mtime_ns:x}-{size:x}"
             self.response.last_modified = stat.st_mtime
-            if not_modified(request, etag, stat.st_mtime):
+            etag = self.response.headers["ETag"]
+            last_modified = self.response.headers["Last-Modified"]
+            wanted = request[STREAM_RANGE]
+            if not_modified(request, etag, last_modified):
                 self.response.set_status(304)
                 self.count = 0
-            elif (part := byte_range(request, stat.st_size, stat.st_mtime)) is not None:
-                self.offset, self.count = part
+            elif wanted is not None and if_range_holds(request, etag, last_modified):
+                self.offset, self.count = wanted.resolve(size)
                 last = self.offset + self.count - 1
                 self.response.set_status(206)
-                self.response.headers["Content-Range"] = (
-                    f"bytes {self.offset}-{last}/{stat.st_size}"
-                )
+                self.response.headers["Content-Range"] = f"bytes {self.offset}-{last}/{size}"
             if self.response.status != 304:
                 self.response.content_length = self.count
         except BaseException:

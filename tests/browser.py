@@ -47,6 +47,19 @@ FLAGS = (
 )
 
 
+# Everything the test watches, in one round trip. NaN and Infinity do not
+# survive JSON, so finiteness is decided in the page.
+AUDIO_STATE = """(a => ({
+    time: a.currentTime,
+    finite: Number.isFinite(a.duration),
+    duration: Number.isFinite(a.duration) ? a.duration : String(a.duration),
+    paused: a.paused,
+    seeking: a.seeking,
+    error: a.error && a.error.code,
+    played: Array.from({length: a.played.length}, (_, i) => [a.played.start(i), a.played.end(i)]),
+}))(document.querySelector("audio"))"""
+
+
 class JavaScriptError(Exception):
     """An expression given to evaluate() threw, or its promise rejected."""
 

@@ -5,7 +5,9 @@ TEST_DATABASE_URL names. Migrations run once into a template database; each
 test gets a fresh copy of it (CREATE DATABASE ... TEMPLATE, ~50 ms).
 """
 
+import html
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -15,6 +17,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from db import POOL, clips, migrate
 from db.embedded import start
@@ -22,6 +25,7 @@ from db.plays import PLAYS
 from db.seed import synthesise, write_wav
 from server import SERVER_OPTIONS, create_app
 from settings import Settings
+from tests.browser import Chromium
 
 TEMPLATE = "clips_test_template"
 
@@ -181,3 +185,31 @@ def make_clip(pool):
         return (await clips.create_clip(pool, **{**defaults, **fields}))["id"]
 
     return make
+
+
+@pytest.fixture
+async def browser():
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed: run `make test-deps` (apt-get install chromium)")
+    async with Chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+async def player(aiohttp_server) -> URL:
+    """A page with one `<audio src=?src preload=?preload>` (preload "none"
+    unless given), from its own origin (as a site embedding our streams
+    would be)."""
+
+    async def page(request: web.Request) -> web.Response:
+        src = html.escape(request.query["src"])
+        preload = html.escape(request.query.get("preload", "none"))
+        body = (
+            f'<!doctype html><title>player</title><audio src="{src}" preload="{preload}"></audio>'
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/player", page)
+    server = await aiohttp_server(app)
+    return server.make_url("/player")

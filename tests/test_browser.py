@@ -9,8 +9,6 @@ all of it with its first request, so its seek stays in the buffer. long.wav
 then reaches the server as `bytes=N-`, which must not count as a play.
 """
 
-import html
-import shutil
 import wave
 
 import pytest
@@ -18,45 +16,9 @@ from aiohttp import web
 from yarl import URL
 
 from db.plays import PLAYS
-from tests.browser import Chromium
+from tests.browser import AUDIO_STATE
 
 SECONDS = {"tune.wav": 20.0, "long.wav": 240.0}
-
-# Everything the test watches, in one round trip. NaN and Infinity do not
-# survive JSON, so finiteness is decided in the page.
-AUDIO_STATE = """(a => ({
-    time: a.currentTime,
-    finite: Number.isFinite(a.duration),
-    duration: Number.isFinite(a.duration) ? a.duration : String(a.duration),
-    paused: a.paused,
-    seeking: a.seeking,
-    error: a.error && a.error.code,
-    played: Array.from({length: a.played.length}, (_, i) => [a.played.start(i), a.played.end(i)]),
-}))(document.querySelector("audio"))"""
-
-
-@pytest.fixture
-async def browser():
-    if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed: run `make test-deps` (apt-get install chromium)")
-    async with Chromium() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-async def player(aiohttp_server) -> URL:
-    """A page with one `<audio src=?src preload=none>`, from its own origin
-    (as a site embedding our streams would be)."""
-
-    async def page(request: web.Request) -> web.Response:
-        src = html.escape(request.query["src"])
-        body = f'<!doctype html><title>player</title><audio src="{src}" preload="none"></audio>'
-        return web.Response(text=body, content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/player", page)
-    server = await aiohttp_server(app)
-    return server.make_url("/player")
 
 
 @pytest.fixture

