@@ -13,32 +13,14 @@ import os
 import shutil
 import subprocess
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from db.clips import get_clip
 from server import SERVER_OPTIONS, create_app
-from tests.scrape import metric
-
-PROBLEM = "application/problem+json"
-
-
-def upload(audio: bytes) -> aiohttp.FormData:
-    data = aiohttp.FormData(default_to_multipart=True)
-    data.add_field("title", "Upload")
-    data.add_field("genre", "rock")
-    data.add_field("audio", audio, filename="song.wav", content_type="audio/wav")
-    return data
-
-
-async def scrape(client) -> str:
-    return await (await client.get("/metrics")).text()
-
-
-async def clip_count(client) -> int:
-    return len(await (await client.get("/clips?limit=200")).json())
+from tests.scrape import metric, scrape
+from tests.support import clip_count, read_problem, upload_form
 
 
 async def assert_database_not_blamed(client) -> None:
@@ -64,44 +46,44 @@ def full_media_dir(media_dir):
     subprocess.run(["umount", str(media_dir)], check=True)
 
 
-async def test_an_upload_into_a_vanished_media_dir_names_storage(client, media_dir, audio_dir):
+async def test_an_upload_into_a_vanished_media_dir_names_storage(
+    client, pool, media_dir, audio_dir
+):
     shutil.rmtree(media_dir)
     media_dir.write_text("MEDIA_DIR replaced by a plain file\n")
-    before = await clip_count(client)
+    before = await clip_count(pool)
 
-    response = await client.post("/clips", data=upload((audio_dir / "tune.wav").read_bytes()))
+    response = await client.post(
+        "/clips", data=upload_form((audio_dir / "tune.wav").read_bytes(), "song.wav")
+    )
 
-    assert response.status == 500
-    assert response.content_type == PROBLEM
-    body = await response.json()
+    body = await read_problem(response, 500)
     assert "media store" in body["detail"]
     assert "MEDIA_DIR" in body["detail"]
     assert "database" not in body["detail"]
-    assert await clip_count(client) == before
+    assert await clip_count(pool) == before
     assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 1
     await assert_database_not_blamed(client)
 
 
 async def test_an_upload_onto_a_full_disk_is_507_and_leaves_nothing(
-    client, full_media_dir, audio_dir
+    client, pool, full_media_dir, audio_dir
 ):
     wav = (audio_dir / "tune.wav").read_bytes()
     assert len(wav) > 256 * 1024
-    before = await clip_count(client)
+    before = await clip_count(pool)
 
-    response = await client.post("/clips", data=upload(wav))
+    response = await client.post("/clips", data=upload_form(wav, "song.wav"))
 
-    assert response.status == 507
-    assert response.content_type == PROBLEM
-    assert "full" in (await response.json())["detail"]
+    assert "full" in (await read_problem(response, 507))["detail"]
     assert os.listdir(full_media_dir) == []  # the partial upload is gone
-    assert await clip_count(client) == before
+    assert await clip_count(pool) == before
     assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 1
     await assert_database_not_blamed(client)
     # Room again: the same upload goes through.
     remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,size=4m", full_media_dir)
     assert await remount.wait() == 0
-    assert (await client.post("/clips", data=upload(wav))).status == 201
+    assert (await client.post("/clips", data=upload_form(wav, "song.wav"))).status == 201
 
 
 async def test_a_file_that_cannot_be_removed_does_not_undo_a_delete(
@@ -137,9 +119,7 @@ async def test_an_os_error_elsewhere_is_a_500_never_the_database(settings, aioht
     with caplog.at_level(logging.ERROR):
         response = await client.get("/broken")
 
-    assert response.status == 500
-    assert response.content_type == PROBLEM
-    assert (await response.json())["detail"] == "Internal error"
+    assert (await read_problem(response, 500))["detail"] == "Internal error"
     assert any(
         r.getMessage().startswith("unhandled error: GET /broken") and r.exc_info
         for r in caplog.records

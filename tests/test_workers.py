@@ -9,7 +9,6 @@ cleanly, exit 0. Real processes: `python server.py`, a real PostgreSQL.
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -17,13 +16,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def workers_of(pid: int) -> list[int]:
