@@ -6,6 +6,7 @@ of the project's (tests/test_architecture.py checks it): every other part may
 depend on it.
 """
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -57,6 +58,9 @@ def parse_keys(text: str, source: str) -> list[tuple[str, str]]:
 
 class Settings(BaseModel, frozen=True, populate_by_name=True):
     host: str = Field("127.0.0.1", alias="HOST")
+    # Listening beyond loopback without API keys is refused unless this says
+    # the API is meant to be open to anyone who can reach it.
+    allow_open_api: bool = Field(False, alias="ALLOW_OPEN_API")
     port: int = Field(8000, alias="PORT", ge=1, le=65535)
     # Processes serving the port together (SO_REUSEPORT), each with its own
     # pool of DB_POOL_MAX connections.
@@ -101,6 +105,11 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     stream_max_seconds: float = Field(1800.0, alias="STREAM_MAX_SECONDS", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
     upstream_max_connections: int = Field(2048, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
+    # Repeat plays of one clip by one listener (address + User-Agent) within
+    # this many seconds count once; 0 counts every listen (streaming/dedup.py).
+    play_dedup_seconds: float = Field(0.0, alias="PLAY_DEDUP_SECONDS", ge=0)
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks).
+    trusted_proxies: CommaList = Field((), alias="TRUSTED_PROXIES")
     # "proxy" pipes remote audio through the app; "redirect" counts the play
     # and answers 302 to the clip's audio_url, so the bytes bypass the app.
     stream_mode: Literal["proxy", "redirect"] = Field("proxy", alias="STREAM_MODE")
@@ -141,6 +150,16 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
         """(role, key) pairs from API_KEYS and API_KEYS_FILE."""
         return self._api_key_entries
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry[:60]!r} is not an address or network") from None
+        return value
+
     @model_validator(mode="after")
     def _keys_are_usable(self) -> "Settings":
         entries = parse_keys(self.api_keys or "", "API_KEYS")
@@ -158,7 +177,22 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             )
         if any(len(secret) < 16 for secret in self.stream_url_secret):
             raise ValueError("STREAM_URL_SECRET: each secret needs 16+ characters")
+        if not entries and not self.listens_on_loopback() and not self.allow_open_api:
+            raise ValueError(
+                f"HOST={self.host} is reachable from other machines and API_KEYS is not set:"
+                " set API_KEYS and STREAM_URL_SECRET (and METRICS_TOKEN), or ALLOW_OPEN_API=true"
+                " if anyone who can reach it may use the API"
+            )
         return self
+
+    def listens_on_loopback(self) -> bool:
+        """Whether HOST is reachable from this machine only."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False  # a name: it may resolve anywhere
 
 
 SETTINGS = web.AppKey("SETTINGS", Settings)

@@ -46,6 +46,15 @@ def run(*command: object, **kwargs) -> subprocess.CompletedProcess:
 # --- docker-compose.yml -------------------------------------------------------
 
 
+# What the stack refuses to start without, besides the two passwords.
+STACK_SECRETS = {
+    "API_KEYS": "read:reader-key-0123456789,write:writer-key-0123456789",
+    "STREAM_URL_SECRET": "stream-secret-0123456789",
+    "METRICS_TOKEN": "metrics-token-0123456789",
+}
+PASSWORDS = {"POSTGRES_PASSWORD": "pg-secret", "GRAFANA_ADMIN_PASSWORD": "gf"}
+
+
 def compose_config(tmp_path: Path, **secrets: str) -> subprocess.CompletedProcess:
     """`docker-compose config` on the repository's file. A developer's .env
     and exported variables are kept out: only `secrets` are given."""
@@ -54,7 +63,8 @@ def compose_config(tmp_path: Path, **secrets: str) -> subprocess.CompletedProces
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("POSTGRES_", "GRAFANA_", "COMPOSE_", "APP_PORT"))
+        if not key.startswith(("POSTGRES_", "GRAFANA_", "COMPOSE_", "APP_"))
+        and key not in STACK_SECRETS
     }
     return run(
         TOOLS / "docker-compose",
@@ -70,7 +80,7 @@ def compose_config(tmp_path: Path, **secrets: str) -> subprocess.CompletedProces
 
 
 def test_compose_file_is_valid_and_pins_every_image(tmp_path):
-    result = compose_config(tmp_path, POSTGRES_PASSWORD="pg-secret", GRAFANA_ADMIN_PASSWORD="gf")
+    result = compose_config(tmp_path, **PASSWORDS, **STACK_SECRETS)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
     assert set(services) == {"db", "app", "prometheus", "grafana"}
@@ -86,6 +96,13 @@ def test_compose_file_is_valid_and_pins_every_image(tmp_path):
     assert app["environment"]["DATABASE_URL"] == "postgresql://clips:pg-secret@db:5432/clips"
     assert app["environment"]["HOST"] == "0.0.0.0"
     assert [p["target"] for p in app["ports"]] == [8000]
+    # Published on loopback unless APP_BIND says otherwise.
+    assert [p["host_ip"] for p in app["ports"]] == ["127.0.0.1"]
+    for name, value in STACK_SECRETS.items():
+        assert app["environment"][name] == value
+    assert app["environment"]["PUBLIC_URL"]
+    # Prometheus gets the metrics token as a file, and the scrape job uses it.
+    assert services["prometheus"]["secrets"][0]["target"] == "/run/secrets/metrics_token"
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
     assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "gf"
 
@@ -97,10 +114,27 @@ def test_compose_file_is_valid_and_pins_every_image(tmp_path):
 
 
 def test_compose_refuses_to_start_without_the_passwords(tmp_path):
-    result = compose_config(tmp_path)
+    result = compose_config(tmp_path, **STACK_SECRETS)
     assert result.returncode != 0
     assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
     assert "POSTGRES_PASSWORD" in result.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(STACK_SECRETS))
+def test_compose_refuses_to_start_open(tmp_path, missing):
+    """No stack comes up without API keys, a stream URL secret and a
+    metrics token: each one missing stops it, naming it."""
+    given = {name: value for name, value in STACK_SECRETS.items() if name != missing}
+    result = compose_config(tmp_path, **PASSWORDS, **given)
+    assert result.returncode != 0
+    assert missing in result.stderr
+
+
+def test_compose_publishes_the_app_where_told(tmp_path):
+    result = compose_config(tmp_path, **PASSWORDS, **STACK_SECRETS, APP_BIND="0.0.0.0")
+    assert result.returncode == 0, result.stderr
+    (port,) = json.loads(result.stdout)["services"]["app"]["ports"]
+    assert port["host_ip"] == "0.0.0.0"
 
 
 # --- Dockerfile -----------------------------------------------------------------

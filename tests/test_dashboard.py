@@ -135,10 +135,14 @@ def test_every_panel_queries_the_provisioned_prometheus():
 # Traffic that reaches every panel
 
 
+TOKEN = "metrics-token-0123456789"
+
+
 @pytest.fixture
 def settings(settings):
-    # Upstream timeouts are part of the traffic: keep each one short.
-    return settings.changed({"upstream_headers_timeout": 0.2})
+    # Upstream timeouts are part of the traffic: keep each one short. The
+    # token is the deployed stack's: Prometheus must present it.
+    return settings.changed({"upstream_headers_timeout": 0.2, "metrics_token": TOKEN})
 
 
 @pytest.fixture
@@ -217,7 +221,7 @@ async def traffic(client, clips: dict[str, int]):
 
 
 async def exported_metric_names(client) -> set[str]:
-    return {name for name, _ in samples(await scrape(client))}
+    return {name for name, _ in samples(await scrape(client, Authorization=f"Bearer {TOKEN}"))}
 
 
 async def test_every_metric_a_panel_names_is_exported(client, catalogue):
@@ -233,9 +237,15 @@ async def test_every_metric_a_panel_names_is_exported(client, catalogue):
 
 
 @needs_prometheus
-def test_the_scrape_config_is_valid():
+def test_the_scrape_config_is_valid(tmp_path):
+    # promtool checks the token file exists: the stack mounts it as a secret.
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text(TOKEN)
+    text = SCRAPE_CONFIG.read_text().replace("/run/secrets/metrics_token", str(token_file))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(text)
     result = subprocess.run(
-        [PROMTOOL, "check", "config", str(SCRAPE_CONFIG)],
+        [PROMTOOL, "check", "config", str(config)],
         capture_output=True,
         text=True,
         check=False,
@@ -243,11 +253,14 @@ def test_the_scrape_config_is_valid():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def scrape_config(target: str) -> dict:
-    """The deploy job, pointed at `target` every second: the dashboard is
-    proven against the job name and path operators deploy."""
+def scrape_config(target: str, token_file: Path) -> dict:
+    """The deploy job, pointed at `target` every second with the token in
+    `token_file`: the dashboard is proven against the job name, path and
+    authorization operators deploy."""
     deployed = yaml.safe_load(SCRAPE_CONFIG.read_text())
     job = next(job for job in deployed["scrape_configs"] if job["job_name"] == JOB)
+    assert job["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
+    job["authorization"]["credentials_file"] = str(token_file)
     job |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
     job["static_configs"] = [{"targets": [target]}]
     return {"scrape_configs": [job]}
@@ -293,8 +306,10 @@ class Prometheus:
 def prometheus(client, tmp_path):
     """A Prometheus of our own scraping the app. It never touches :9090,
     where the Debian package may run the system's."""
+    token_file = tmp_path / "metrics_token"
+    token_file.write_text(TOKEN)
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(f"127.0.0.1:{client.server.port}")))
+    config.write_text(yaml.safe_dump(scrape_config(f"127.0.0.1:{client.server.port}", token_file)))
     port = free_port()
     log = tmp_path / "prometheus.log"
     with log.open("wb") as output:

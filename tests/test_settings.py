@@ -94,6 +94,7 @@ def test_defaults():
 
 def test_values_are_read_and_typed_from_the_environment(environment):
     environment("HOST", "0.0.0.0")
+    environment("ALLOW_OPEN_API", "true")
     environment("PORT", "9000")
     environment("DATABASE_URL", "postgresql://clips@db:5432/clips")
     environment("DB_POOL_MAX", "3")
@@ -104,6 +105,7 @@ def test_values_are_read_and_typed_from_the_environment(environment):
     environment("UPSTREAM_ALLOW", "10.0.0.0/8, cdn.internal")
     settings = load_settings()
     assert settings.host == "0.0.0.0"
+    assert settings.allow_open_api is True
     assert settings.port == 9000
     assert settings.database_url == "postgresql://clips@db:5432/clips"
     assert settings.db_pool_max == 3
