@@ -25,9 +25,10 @@ from handlers import clips, docs, health, metrics, streams
 from metrics.registry import METRICS, Metrics
 from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore
+from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.upstream import upstream_ctx
-from web import auth, cors, instrumentation, problems, requestlog
+from web import auth, cors, hosts, instrumentation, problems, requestlog
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings) -> web.Application:
             requestlog.middleware,
             instrumentation.middleware,
             problems.middleware,
+            hosts.middleware,
             cors.middleware,
             auth.middleware,
         ],
@@ -65,8 +67,17 @@ def create_app(settings: Settings) -> web.Application:
     )
     if not app[auth.ACCESS].keys:
         log.warning("API_KEYS is not set: anyone who can reach this server may use the API")
+    if not settings.public_url and not settings.listens_on_loopback():
+        log.warning(
+            "PUBLIC_URL is not set: stream_url, Location and Link are built from each"
+            " request's Host header; set PUBLIC_URL to the public base URL"
+        )
     app[METRICS] = Metrics(settings.metrics_max_clip_series)
     app[METRICS].watch_pool(lambda: app.get(POOL))
+    if settings.play_dedup_seconds > 0:
+        app[PLAY_DEDUP] = PlayDedup(
+            settings.play_dedup_seconds, Listeners(settings.trusted_proxies)
+        )
     app[MEDIA_STORE] = MediaStore(
         settings.media_dir, on_error=lambda op: app[METRICS].storage_errors.labels(op).inc()
     )

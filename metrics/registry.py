@@ -77,6 +77,11 @@ class Metrics:
             "Plays counted and committed to the database",
             registry=registry,
         )
+        self.plays_repeated = Counter(
+            "clips_plays_repeated_total",
+            "Plays not counted: a listener's repeat within PLAY_DEDUP_SECONDS",
+            registry=registry,
+        )
         self.streams_started = Counter(
             "clips_streams_started_total",
             'Stream responses started, by clip (at most METRICS_MAX_CLIP_SERIES ids, then "other")'

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from db.plays import PLAYS
 from metrics.registry import METRICS
+from streaming.dedup import PLAY_DEDUP
 from streaming.ranges import ByteRange, content_range
 from web.requestlog import BODY_BYTES
 
@@ -31,6 +32,15 @@ STREAM_CLIP = web.RequestKey("STREAM_CLIP", int)
 STREAM_RANGE = web.RequestKey("STREAM_RANGE", ByteRange | None)
 STREAM_SOURCE = web.RequestKey("STREAM_SOURCE", str)  # "stored" or "remote"
 STREAM_STARTED = web.RequestKey("STREAM_STARTED", bool)
+
+
+def record_play(request: web.Request, clip_id: int) -> None:
+    """Count the play, unless it repeats a listener's (PLAY_DEDUP_SECONDS)."""
+    dedup = request.app.get(PLAY_DEDUP)
+    if dedup is not None and not dedup.first(clip_id, request):
+        request.app[METRICS].plays_repeated.inc()
+        return
+    request.app[PLAYS].record(clip_id)
 
 
 def asks_for_play(requested: ByteRange | None, size: int | None = None) -> bool:
@@ -82,7 +92,7 @@ async def count_play(request: web.Request, response: web.StreamResponse) -> None
         response.headers.get("Content-Range"),
         response.content_length,
     ):
-        request.app[PLAYS].record(clip_id)
+        record_play(request, clip_id)
 
 
 class Outcome:

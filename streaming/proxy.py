@@ -34,7 +34,6 @@ import aiohttp
 from aiohttp import web
 
 from db.clips import Row
-from db.plays import PLAYS
 from metrics.registry import METRICS
 from settings import SETTINGS
 from streaming.headers import STREAM_HEADERS, audio_type
@@ -44,6 +43,7 @@ from streaming.plays import (
     STREAM_SOURCE,
     Outcome,
     asks_for_play,
+    record_play,
     tracked,
 )
 from streaming.ranges import ByteRange, content_range, if_range_holds, not_modified
@@ -80,7 +80,7 @@ async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse
     if request.method == "GET" and is_probe(wanted):
         return await send_remote(request, clip)
     if request.method == "GET" and asks_for_play(wanted) and not revalidates(request):
-        request.app[PLAYS].record(clip["id"])
+        record_play(request, clip["id"])
     raise web.HTTPFound(clip["audio_url"], headers={"Cache-Control": "no-store"})
 
 
