@@ -27,13 +27,16 @@ run: $(STAMP)
 test: $(STAMP) test-deps
 	$(PY) -m pytest
 
-# Real programs some tests drive: headless Chromium (end-to-end playback) and
-# Prometheus (the dashboard's queries). Installed with apt-get when missing
+# Real programs some tests drive: headless Chromium (end-to-end playback),
+# Prometheus (the dashboard's queries) and Debian's PostgreSQL, whose contrib
+# has pg_trgm (the search index's plan). Installed with apt-get when missing
 # and possible; the tests that need them say why they skip otherwise. (The
 # MP3 the upload tests send is committed: tests/fixtures/tune.mp3.)
-TEST_PACKAGES := chromium prometheus
+TEST_PACKAGES := chromium prometheus postgresql
 test-deps:
-	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(TEST_PACKAGES); do \
+		case $$p in postgresql) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;; *) command -v $$p >/dev/null ;; esac \
+			|| missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			echo "installing with apt-get:$$missing"; \
