@@ -18,7 +18,9 @@ def routes(metrics: Metrics) -> list[web.RouteDef]:
         token = request.app[SETTINGS].metrics_token
         if token:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            # surrogateescape: header bytes that are not UTF-8 are a wrong
+            # token (401), not an encoding error (500); see web/auth.py.
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
                 raise Problem(
                     401,
                     "/metrics needs the bearer token METRICS_TOKEN",

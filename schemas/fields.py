@@ -8,6 +8,21 @@ from pydantic import AfterValidator, StringConstraints
 BIGINT_MAX = 2**63 - 1
 
 
+def positive_bigint(raw: str) -> int | None:
+    """`raw` as an integer from 1 to BIGINT_MAX written in ASCII digits, else
+    None. Every number a URL carries (an id, a signed URL's expiry) is read
+    here: str.isdigit() also says yes to "²" (which int() refuses) and to
+    other scripts' digits (which int() reads), and int() refuses more than
+    4,300 digits; either would be a 500 where the client deserves a 400."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    digits = raw.lstrip("0")
+    if not digits or len(digits) > len(str(BIGINT_MAX)):
+        return None
+    value = int(digits)
+    return value if value <= BIGINT_MAX else None
+
+
 def storable(value: str) -> str:
     """PostgreSQL text cannot hold NUL: refuse it as a 400, not a database
     error (500) later."""

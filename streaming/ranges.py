@@ -22,8 +22,11 @@ from aiohttp import web
 
 from web.problems import Problem
 
-_SPEC = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# ASCII digits only (`\d` alone also matches other scripts' digits), and
+# at most 100 of them: int() refuses more than 4,300, and no audio needs a
+# 101-digit offset, so a longer number makes the Range malformed (ignored).
+_SPEC = re.compile(r"\s*(\d{0,100})\s*-\s*(\d{0,100})\s*", re.ASCII)
+_CONTENT_RANGE = re.compile(r"bytes (\d{1,100})-(\d{1,100})/(\d{1,100}|\*)", re.ASCII)
 
 
 @dataclass(frozen=True)

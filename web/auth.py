@@ -19,6 +19,7 @@ import time
 
 from aiohttp import web
 
+from schemas.fields import positive_bigint
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,10 @@ class ApiKeys:
 
     @staticmethod
     def _digest(key: str) -> bytes:
-        return hashlib.sha256(key.encode()).digest()
+        # A header's bytes that are not UTF-8 arrive as lone surrogates
+        # (aiohttp decodes with surrogateescape): digest the bytes as sent, so
+        # such a key is merely unknown (401), never an encoding error (500).
+        return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
     def __bool__(self) -> bool:
         return bool(self._digests)
@@ -73,11 +77,15 @@ class StreamSigner:
         return {"exp": str(expires), "sig": self._mac(self._secrets[0], clip_id, expires)}
 
     def verify(self, clip_id: int, expires: str, signature: str, now: float | None = None) -> bool:
+        """Whether `signature` signs this clip until `expires`, both as the
+        URL carried them (any text: `exp=²`, 5,000 digits, bytes that are not
+        UTF-8 are all merely invalid)."""
         now = time.time() if now is None else now
-        if not expires.isdigit() or int(expires) < now:
+        expiry = positive_bigint(expires)
+        if expiry is None or expiry < now or not signature.isascii():
             return False
         matches = [
-            hmac.compare_digest(signature.encode(), self._mac(s, clip_id, int(expires)).encode())
+            hmac.compare_digest(signature.encode(), self._mac(s, clip_id, expiry).encode())
             for s in self._secrets
         ]
         return any(matches)
@@ -111,10 +119,10 @@ def signed_stream(request: web.Request, signer: StreamSigner) -> bool | None:
     expires, signature = request.query.get("exp"), request.query.get("sig")
     if expires is None and signature is None:
         return None
-    clip_id = request.match_info["clip_id"]
-    if not (signer and expires and signature and clip_id.isdigit()):
+    clip_id = positive_bigint(request.match_info["clip_id"])
+    if not (signer and expires and signature and clip_id is not None):
         return False
-    return signer.verify(int(clip_id), expires, signature)
+    return signer.verify(clip_id, expires, signature)
 
 
 @web.middleware

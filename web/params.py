@@ -6,20 +6,21 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from schemas.fields import BIGINT_MAX
+from schemas.fields import BIGINT_MAX, positive_bigint
 from web.problems import Problem
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 def parse_id(raw: str, name: str = "clip_id") -> int:
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= BIGINT_MAX:
+    value = positive_bigint(raw)
+    if value is None:
         raise Problem(
             400,
             f"{name} must be a positive integer up to {BIGINT_MAX}, not {raw[:40]!r}",
             errors=[{"field": name, "reason": "not a positive 64-bit integer"}],
         )
-    return int(raw)
+    return value
 
 
 def _field_errors(error: ValidationError) -> list[dict[str, str]]:

@@ -14,6 +14,8 @@ import uuid
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from schemas.fields import positive_bigint
+
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
 # Body bytes a stream sent: aiohttp's own count misses what sendfile sent.
 BODY_BYTES = web.RequestKey("BODY_BYTES", int)
@@ -62,7 +64,7 @@ class AccessLogger(AbstractAccessLogger):
             "status": response.status,
             "duration_ms": round(time * 1000, 2),
             "bytes": request.get(BODY_BYTES, response.body_length),
-            "clip_id": int(clip_id) if clip_id and clip_id.isdigit() else None,
+            "clip_id": positive_bigint(clip_id) if clip_id else None,
             "request_id": request.get(REQUEST_ID),
         }
         self.logger.info(
