@@ -12,6 +12,7 @@ forms.
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -26,8 +27,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
+log = logging.getLogger(__name__)
+
+
 class UpstreamRefused(OSError):
-    """The upstream URL or one of its addresses is not allowed."""
+    """The upstream URL or one of its addresses is not allowed. Its message
+    reaches clients (a 400 to writers, a 502 to anyone holding a stream URL),
+    so it never says what a name resolved to: that goes to the log."""
+
+
+# What a client reads when a host is internal, however that was found out:
+# an IP literal, `localhost`, or a DNS answer (which must stay private).
+NOT_PUBLIC = "the URL's host is not a public address"
 
 
 class UpstreamGuard:
@@ -69,7 +80,8 @@ class UpstreamGuard:
         if ip is None and is_localhost(host):
             ip = LOOPBACK  # RFC 6761: such names always mean this machine
         if ip is not None and not self.allows_address(ip):
-            raise UpstreamRefused(f"{host} is not a public address")
+            log.warning("upstream refused: %s is %s, not a public address", host, ip)
+            raise UpstreamRefused(NOT_PUBLIC)
 
     async def check_url_resolving(self, url: yarl.URL, resolver: AbstractResolver) -> None:
         """check_url, then refuse a host name that resolves only to refused
@@ -122,7 +134,8 @@ class GuardedResolver(AbstractResolver):
         allowed = [r for r in results if self._guard.allows_address(literal_address(r["host"]))]
         if not allowed:
             addresses = ", ".join(sorted({r["host"] for r in results}))
-            raise UpstreamRefused(f"{host} resolves to {addresses}, which is not public")
+            log.warning("upstream refused: %s resolves to %s, not public", host, addresses)
+            raise UpstreamRefused(NOT_PUBLIC)
         return allowed
 
     async def close(self) -> None:
