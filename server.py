@@ -28,7 +28,7 @@ from storage import MEDIA_STORE, MediaStore
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.upstream import upstream_ctx
-from web import auth, cors, hosts, instrumentation, problems, requestlog
+from web import auth, cors, hosts, instrumentation, problems, requestlog, responses
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,9 @@ def create_app(settings: Settings) -> web.Application:
         ]
     )
     app.on_shutdown.append(announce_shutdown)
-    app.on_response_prepare.extend([requestlog.add_request_id, cors.add_headers, count_play])
+    app.on_response_prepare.extend(
+        [requestlog.add_request_id, responses.add_default_headers, cors.add_headers, count_play]
+    )
     app.add_routes(
         [
             *health.routes,

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from dotenv import load_dotenv
@@ -56,6 +57,21 @@ def parse_keys(text: str, source: str) -> list[tuple[str, str]]:
     return entries
 
 
+def masked_url(url: str) -> str:
+    """DATABASE_URL as it may be shown: the password, in the authority or
+    as libpq's `password=` query key, replaced by `***`."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        credentials, _, host = netloc.rpartition("@")
+        netloc = f"{credentials.partition(':')[0]}:***@{host}"
+    query = "&".join(
+        f"{key}=***" if key == "password" else f"{key}={value}" if sep else key
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 class Settings(BaseModel, frozen=True, populate_by_name=True):
     host: str = Field("127.0.0.1", alias="HOST")
     # Listening beyond loopback without API keys is refused unless this says
@@ -87,7 +103,7 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     log_format: Literal["plain", "json"] = Field("plain", alias="LOG_FORMAT")
     # Bearer token Prometheus must send to read /metrics; unset = open
     # (then keep /metrics on the internal network).
-    metrics_token: str | None = Field(None, alias="METRICS_TOKEN", min_length=16)
+    metrics_token: str | None = Field(None, alias="METRICS_TOKEN", min_length=16, repr=False)
     metrics_max_clip_series: int = Field(500, alias="METRICS_MAX_CLIP_SERIES", ge=0)
     # Base of the absolute stream_url in clip bodies; unset means "derive it
     # from the request" (scheme and Host header).
@@ -140,6 +156,10 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the
     # settings are validated.
     _api_key_entries: tuple[tuple[str, str], ...] = PrivateAttr(())
+
+    def __repr_args__(self):  # repr() and str(): secrets stay out (see masked_url)
+        for name, value in super().__repr_args__():
+            yield name, masked_url(value) if name == "database_url" and value else value
 
     def changed(self, updates: dict[str, object]) -> "Settings":
         """A copy with `updates` (by field name), validated again as a whole:

@@ -1,4 +1,4 @@
-"""JSON response bodies, encoded with orjson.
+"""JSON response bodies, encoded with orjson; headers every response carries.
 
 Measured on a page of 50 clips: the standard library's json.dumps took
 292 µs, orjson 30 µs, and it writes datetimes and dates as RFC 3339 itself
@@ -23,3 +23,16 @@ def json_response(
         content_type=content_type,
         charset="utf-8",
     )
+
+
+# Headers no response goes without, whatever its route or status: browsers
+# take every Content-Type as sent, never sniffing a body (a problem that
+# quotes a path, say) into HTML. Streams add their own (streaming/headers.py).
+EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff"}
+
+
+async def add_default_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response the app prepares, errors and
+    streams included."""
+    for name, value in EVERY_RESPONSE.items():
+        response.headers.setdefault(name, value)
