@@ -143,3 +143,17 @@ def test_every_setting_is_documented_in_env_example_and_readme():
     for field in Settings.model_fields.values():
         assert f"\n{field.alias}=" in "\n" + env_example, f"{field.alias} not in .env.example"
         assert f"`{field.alias}`" in readme, f"{field.alias} not in the README"
+
+
+def test_secrets_stay_out_of_repr_and_str():
+    settings = Settings(
+        DATABASE_URL="postgresql://clips:db-pass-0123456789@db:5432/clips?password=qs-pass-0123",
+        API_KEYS="read:reader-key-0123456789",
+        STREAM_URL_SECRET="stream-secret-0123456789",
+        METRICS_TOKEN="metrics-token-0123456789",
+    )
+    for shown in (repr(settings), str(settings), f"{settings}"):
+        for secret in ("db-pass", "qs-pass", "reader-key", "stream-secret", "metrics-token"):
+            assert secret not in shown
+        assert "postgresql://clips:***@db:5432/clips?password=***" in shown
+    assert settings.database_url.endswith("?password=qs-pass-0123")  # the value itself is whole
