@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from settings import SETTINGS, Settings
+from streaming.addresses import is_public
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -56,13 +57,12 @@ class UpstreamGuard:
         return host.lower().rstrip(".") in self._hosts
 
     def allows_address(self, ip: IPAddress) -> bool:
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if any(ip in network for network in self._networks):
-            return True
-        if isinstance(ip, ipaddress.IPv6Address) and (ip.sixtofour or ip.teredo):
-            return False  # IPv4 tunnelled in IPv6: never needed for audio
-        return ip.is_global and not ip.is_multicast
+        """Public by streaming/addresses.py's explicit policy (IPv6 forms
+        that carry IPv4 judged by what they carry), or in UPSTREAM_ALLOW."""
+        return is_public(ip, self._allows_network)
+
+    def _allows_network(self, ip: IPAddress) -> bool:
+        return any(ip.version == net.version and ip in net for net in self._networks)
 
     def check_url(self, url: yarl.URL) -> None:
         """Refuse what can be refused without DNS: scheme, credentials, and
