@@ -117,8 +117,18 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Bytes a proxied stream reads from its origin and writes on at a time.
     # Memory per slow listener grows with it (about 4x); throughput too.
     stream_buffer_bytes: int = Field(128 * 1024, alias="STREAM_BUFFER_BYTES", ge=16 * 1024)
-    # Longest a proxied stream may last, however the origin trickles.
+    # Longest any stream may last, however the origin trickles or the
+    # listener reads; a clip's own limit is shorter (below).
     stream_max_seconds: float = Field(1800.0, alias="STREAM_MAX_SECONDS", gt=0)
+    # A stream of a clip lasts at most duration x factor + slack seconds
+    # (and STREAM_MAX_SECONDS): enough for a slow listener, not for one who
+    # trickles on purpose to hold an origin connection.
+    stream_duration_factor: float = Field(3.0, alias="STREAM_DURATION_FACTOR", ge=1)
+    stream_duration_slack: float = Field(60.0, alias="STREAM_DURATION_SLACK", ge=0)
+    # Seconds a listener may take to accept one write (up to
+    # STREAM_BUFFER_BYTES, or a piece of a stored file) before it is dropped
+    # and its origin connection freed.
+    stream_send_timeout: float = Field(30.0, alias="STREAM_SEND_TIMEOUT", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
     upstream_max_connections: int = Field(2048, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
     # Repeat plays of one clip by one listener (address + User-Agent) within

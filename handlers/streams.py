@@ -33,7 +33,7 @@ async def stream_clip(request: web.Request) -> web.StreamResponse:
     request[STREAM_RANGE] = requested_range(request)
     if clip["media_path"] is not None:
         path = request.app[MEDIA_STORE].path(clip["media_path"])
-        return await send_stored(request, path, clip["content_type"])
+        return await send_stored(request, path, clip)
     if request.app[SETTINGS].stream_mode == "redirect":
         return await redirect_remote(request, clip)
     return await send_remote(request, clip)

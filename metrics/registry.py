@@ -25,8 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 # `*_created` series double every counter for no dashboard's benefit.
 prometheus_client.disable_created_metrics()
 
-END_REASONS = ("complete", "client_gone", "upstream_error", "timeout")
-UPSTREAM_OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect_error", "refused")
+END_REASONS = ("complete", "client_gone", "upstream_error", "timeout", "send_timeout")
+UPSTREAM_OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect_error", "refused", "busy")
 API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DB_ERROR_KINDS = ("unavailable", "query", "play_write")

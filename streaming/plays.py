@@ -17,8 +17,10 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
+from db.clips import Row
 from db.plays import PLAYS
 from metrics.registry import METRICS
+from settings import Settings
 from streaming.dedup import PLAY_DEDUP
 from streaming.ranges import ByteRange, content_range
 from web.requestlog import BODY_BYTES
@@ -93,6 +95,16 @@ async def count_play(request: web.Request, response: web.StreamResponse) -> None
         response.content_length,
     ):
         record_play(request, clip_id)
+
+
+def longest_life(settings: Settings, clip: Row) -> float:
+    """Seconds one stream of `clip` may last: its duration times
+    STREAM_DURATION_FACTOR plus STREAM_DURATION_SLACK, at most
+    STREAM_MAX_SECONDS. A listener who reads (or an origin that sends) so
+    slowly that a 30 s preview takes longer is holding a connection, not
+    listening."""
+    by_clip = clip["duration_seconds"] * settings.stream_duration_factor
+    return min(settings.stream_max_seconds, by_clip + settings.stream_duration_slack)
 
 
 class Outcome:

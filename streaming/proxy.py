@@ -43,11 +43,12 @@ from streaming.plays import (
     STREAM_SOURCE,
     Outcome,
     asks_for_play,
+    longest_life,
     record_play,
     tracked,
 )
 from streaming.ranges import ByteRange, content_range, if_range_holds, not_modified
-from streaming.upstream import UPSTREAM, UpstreamRefused
+from streaming.upstream import UPSTREAM, UpstreamBusy, UpstreamRefused
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ log = logging.getLogger(__name__)
 # Conditional request headers passed to the origin (If-Range goes with Range).
 FORWARD_REQUEST = ("If-None-Match", "If-Modified-Since")
 VALIDATORS = ("ETag", "Last-Modified")
+# Seconds a listener refused for want of an origin connection should wait:
+# streams end, and stalled listeners are dropped, all the time.
+BUSY_RETRY_AFTER = 5
 
 
 def revalidates(request: web.Request) -> bool:
@@ -96,6 +100,23 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     # here, against the validators the origin sends: origins that honour
     # Range do not all honour If-Range (aiohttp's static files read only
     # dates), and a range of a changed clip would be spliced into the old.
+    upstream = request.app[UPSTREAM]
+    try:
+        with upstream.slot():
+            return await send_from_origin(request, clip, headers)
+    except UpstreamBusy as busy:
+        request.app[METRICS].upstream_requests.labels("busy").inc()
+        raise Problem(
+            503,
+            f"The server is at its limit of audio origin connections ({busy}): try again shortly",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+        ) from None
+
+
+async def send_from_origin(
+    request: web.Request, clip: Row, headers: dict[str, str]
+) -> web.StreamResponse:
+    """The body of send_remote, holding one origin connection slot."""
     origin = await open_origin(request, clip, headers)
     chunk_bytes = request.app[UPSTREAM].buffer_bytes
     async with origin:
@@ -110,15 +131,18 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
             await response.prepare(request)
             if request.method == "HEAD" or part.status == 304:
                 return response
-            await pipe(request, response, part.body(first, origin, chunk_bytes), outcome)
-            if outcome.reason != "complete":
+            life = longest_life(request.app[SETTINGS], clip)
+            await pipe(request, response, part.body(first, origin, chunk_bytes), outcome, life)
+            if outcome.reason != "complete" and request.transport is not None:
                 # Headers are gone: closing the connection is the only way
                 # left to tell the listener the body is cut short.
-                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
-                if request.transport is not None:
+                if outcome.reason == "send_timeout":
+                    # Nothing it holds would ever reach it: drop it now.
+                    log.info("clip %s: listener accepted nothing in time, dropped", clip["id"])
+                    request.transport.abort()
+                else:
+                    log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
                     request.transport.close()
-                return response
-            await response.write_eof()
     return response
 
 
@@ -255,17 +279,28 @@ async def pipe(
     response: web.StreamResponse,
     chunks: AsyncIterator[bytes],
     outcome: Outcome,
+    life: float,
 ) -> None:
-    """Write `chunks` to the listener; sets `outcome.reason` when the origin
-    fails or trickles past STREAM_MAX_SECONDS."""
+    """Write `chunks` and the end of the body to the listener; sets
+    `outcome.reason` when the origin fails, the stream outlives `life`
+    (`timeout`), or the listener accepts a write no sooner than
+    STREAM_SEND_TIMEOUT (`send_timeout`)."""
+    send_timeout = request.app[SETTINGS].stream_send_timeout
+    sending = None
     try:
-        # A trickling or endless origin must not hold a stream forever.
-        async with asyncio.timeout(request.app[SETTINGS].stream_max_seconds):
+        # A trickling or endless origin, or a listener reading just enough
+        # to pass the send deadline, must not hold a stream for long.
+        async with asyncio.timeout(life):
             async for chunk in chunks:
-                await response.write(chunk)
+                # A listener who stops reading would hold the origin
+                # connection (and this chunk) until `life` ends.
+                async with asyncio.timeout(send_timeout) as sending:
+                    await response.write(chunk)
                 outcome.sent += len(chunk)
+            async with asyncio.timeout(send_timeout) as sending:
+                await response.write_eof()  # waits for the last bytes to drain
     except TimeoutError:
-        outcome.reason = "timeout"
+        outcome.reason = "send_timeout" if sending is not None and sending.expired() else "timeout"
     except aiohttp.ClientError as error:
         if isinstance(error, ConnectionResetError):
             raise  # writing to the listener failed: they left

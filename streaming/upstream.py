@@ -14,7 +14,8 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
 import aiohttp
 import yarl
@@ -40,6 +41,10 @@ class UpstreamRefused(OSError):
 # What a client reads when a host is internal, however that was found out:
 # an IP literal, `localhost`, or a DNS answer (which must stay private).
 NOT_PUBLIC = "the URL's host is not a public address"
+
+
+class UpstreamBusy(Exception):
+    """Every one of UPSTREAM_MAX_CONNECTIONS origin connections is in use."""
 
 
 class UpstreamGuard:
@@ -151,6 +156,8 @@ class Upstream:
         self.headers_timeout = settings.upstream_headers_timeout
         self.buffer_bytes = settings.stream_buffer_bytes
         self.max_redirects = settings.upstream_max_redirects
+        self.max_connections = settings.upstream_max_connections
+        self.in_use = 0
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 resolver=self.resolver,
@@ -168,6 +175,21 @@ class Upstream:
             read_bufsize=settings.stream_buffer_bytes,
             raise_for_status=False,
         )
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of UPSTREAM_MAX_CONNECTIONS origin connections, held for the
+        life of an origin response (open it and release it inside). Raises
+        UpstreamBusy at once when none is free: the connector would queue
+        the request until the headers timeout (a 504), while every listener
+        holding a connection may keep it for minutes."""
+        if self.in_use >= self.max_connections:
+            raise UpstreamBusy(f"all {self.max_connections} origin connections are in use")
+        self.in_use += 1
+        try:
+            yield
+        finally:
+            self.in_use -= 1
 
     async def open(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send the request and return the response once its headers are in,
