@@ -27,6 +27,7 @@ from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
+from streaming.uploads import uploads_ctx
 from streaming.upstream import upstream_ctx
 from web import auth, cors, hosts, instrumentation, problems, requestlog, responses
 
@@ -79,7 +80,9 @@ def create_app(settings: Settings) -> web.Application:
             settings.play_dedup_seconds, Listeners(settings.trusted_proxies)
         )
     app[MEDIA_STORE] = MediaStore(
-        settings.media_dir, on_error=lambda op: app[METRICS].storage_errors.labels(op).inc()
+        settings.media_dir,
+        on_error=lambda op: app[METRICS].storage_errors.labels(op).inc(),
+        min_free_bytes=settings.media_min_free_bytes,
     )
     app.cleanup_ctx.extend(
         [
@@ -91,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
                 on_failure=app[METRICS].db_errors.labels("play_write").inc,
             ),
             upstream_ctx,
+            uploads_ctx,
         ]
     )
     app.on_shutdown.append(announce_shutdown)

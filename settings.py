@@ -148,6 +148,16 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     stream_url_ttl: int = Field(21600, alias="STREAM_URL_TTL", ge=60)
     cors_origins: CommaList = Field((), alias="CORS_ORIGINS")
     max_upload_bytes: int = Field(50 * 1024 * 1024, alias="MAX_UPLOAD_BYTES", ge=1024)
+    # Seconds an upload may take to deliver each 64 KiB of its body (408).
+    upload_idle_seconds: float = Field(30.0, alias="UPLOAD_IDLE_SECONDS", gt=0)
+    # Uploads one process receives at once; more are 503 with Retry-After.
+    upload_max_concurrent: int = Field(32, alias="UPLOAD_MAX_CONCURRENT", ge=1)
+    # Processes (per server process) that read uploaded audio, and the
+    # seconds one file may take there (422, and the process is replaced).
+    upload_parse_workers: int = Field(2, alias="UPLOAD_PARSE_WORKERS", ge=1, le=64)
+    upload_parse_seconds: float = Field(10.0, alias="UPLOAD_PARSE_SECONDS", gt=0)
+    # Bytes MEDIA_DIR's disk keeps free: an upload that would go below is 507.
+    media_min_free_bytes: int = Field(256 * 1024 * 1024, alias="MEDIA_MIN_FREE_BYTES", ge=0)
 
     @field_validator("database_url")
     @classmethod

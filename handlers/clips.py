@@ -15,7 +15,7 @@ from db.clips import Row
 from schemas.clips import COLUMNS, Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
 from settings import SETTINGS
 from storage import MEDIA_STORE
-from streaming import uploads
+from streaming.uploads import UPLOADS
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.auth import ACCESS, STREAM_ROUTE
 from web.pagination import decode_cursor, encode_cursor, next_link
@@ -171,8 +171,7 @@ async def create_remote(request: web.Request) -> Row:
 
 
 async def create_uploaded(request: web.Request) -> Row:
-    limit = request.app[SETTINGS].max_upload_bytes
-    async with uploads.receive(request, request.app[MEDIA_STORE], limit) as upload:
+    async with request.app[UPLOADS].receive(request) as upload:
         form = validate(UploadForm, upload.fields, "form fields")
         clip = await clips.create_clip(
             request.app[POOL],

@@ -5,11 +5,17 @@ reads and writes through `MediaStore`. A failing disk (full, gone, read-only)
 raises `StorageError`, never a bare OSError, so it is answered as a storage
 failure (500, or 507 when full) and never taken for a database outage or a
 client leaving.
+
+Disk space: the store keeps MEDIA_MIN_FREE_BYTES free. A write that would
+go below that reserve is refused as if the disk were full (507), before and
+while an upload arrives, so uploads never fill the disk that stored clips,
+logs and PostgreSQL may share.
 """
 
 import contextlib
 import errno
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +24,9 @@ from typing import BinaryIO
 from aiohttp import web
 
 log = logging.getLogger(__name__)
+
+# The name prefix of a file still being received.
+PARTIAL = ".upload-"
 
 # errno values that mean "no room left", answered 507 Insufficient Storage.
 FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -36,9 +45,15 @@ class MediaStore:
     """MEDIA_DIR. `on_error(operation)` is called once per failure
     ("write" or "delete"), for metrics."""
 
-    def __init__(self, directory: Path, on_error: Callable[[str], None] = lambda op: None):
+    def __init__(
+        self,
+        directory: Path,
+        on_error: Callable[[str], None] = lambda op: None,
+        min_free_bytes: int = 0,
+    ):
         self.directory = directory
         self._on_error = on_error
+        self.min_free_bytes = min_free_bytes
 
     def path(self, name: str) -> Path:
         """Where the stored file `name` (a clip's media_path) lives."""
@@ -52,6 +67,16 @@ class MediaStore:
         except OSError as error:
             self._on_error(operation)
             raise StorageError(action, error) from error
+
+    def make_room(self, size: int) -> None:
+        """Raise StorageError (full) unless `size` more bytes leave the disk
+        at least `min_free_bytes` free."""
+        with self.failing_as("write", "write the upload to MEDIA_DIR"):
+            if not self.min_free_bytes:
+                return
+            disk = os.statvfs(self.directory)
+            if disk.f_bavail * disk.f_frsize - size < self.min_free_bytes:
+                raise OSError(errno.ENOSPC, "it would leave less than MEDIA_MIN_FREE_BYTES free")
 
     def create(self) -> "NewFile":
         """A new file under a temporary name; raises StorageError."""
@@ -77,11 +102,12 @@ class NewFile:
 
     def __init__(self, store: MediaStore):
         self._store = store
-        self.path = store.path(f".upload-{uuid.uuid4().hex}")
+        self.path = store.path(f"{PARTIAL}{uuid.uuid4().hex}")
         with store.failing_as("write", "create a file in MEDIA_DIR"):
             self._file: BinaryIO = self.path.open("xb")
 
     def write(self, chunk: bytes) -> None:
+        self._store.make_room(len(chunk))
         with self._store.failing_as("write", "write the upload to MEDIA_DIR"):
             self._file.write(chunk)
 

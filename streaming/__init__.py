@@ -5,7 +5,8 @@ proxy     remote audio piped from its origin, or redirected to it
 stored    stored audio sent with sendfile
 ranges    Range and conditional requests (RFC 9110)
 plays     the play rule, and every stream's accounting from start to end
-uploads   multipart uploads received into the media store
+uploads   multipart uploads received into the media store, within bounds
+audio     what uploaded bytes are: format, duration, read in worker processes
 
 Called by the routes in handlers/; may import web, storage, metrics, schemas,
 db and settings, never a route (tests/test_architecture.py).

@@ -4,58 +4,46 @@ The file goes to disk chunk by chunk (never whole in memory) under a name of
 our own, is hashed and measured on the way, and must stop at
 MAX_UPLOAD_BYTES (413). Its format is read from its bytes, not its name or
 declared type (415 for anything but MP3, AAC/M4A, Ogg Vorbis/Opus, WAV and
-FLAC), and mutagen reads duration and bitrate from it (422 when it cannot).
+FLAC), and mutagen reads duration and bitrate from it in a worker process
+(streaming/audio.py; 422 when it cannot, or not within UPLOAD_PARSE_SECONDS).
 `receive` is a context manager: unless the caller keeps the upload, the file
 is removed however the request ends, a client abort included. A failing
 disk raises storage.StorageError (a 500 or 507 naming storage).
+
+Bounds, so that no client can hold the server: at most
+UPLOAD_MAX_CONCURRENT uploads at once per process (503 with Retry-After,
+before the body is read); at most MAX_PARTS form parts (400); every
+CHUNK_BYTES of the body (or the end of a part) must arrive within
+UPLOAD_IDLE_SECONDS (408), so a body that trickles is cut however it
+trickles; the disk keeps MEDIA_MIN_FREE_BYTES (507).
 """
 
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TypeVar
 
-import mutagen
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from storage import MediaStore, NewFile
+from settings import SETTINGS, Settings
+from storage import MEDIA_STORE, MediaStore, NewFile
+from streaming.audio import FORMATS, AudioReader, Busy, ReadTimeout, sniff
 from web.problems import Problem
 
 CHUNK_BYTES = 64 * 1024
 FIELD_MAX_BYTES = 8 * 1024
 FILE_FIELD = "audio"
 TEXT_FIELDS = frozenset({"title", "description", "genre"})
+# The form has four fields; a few more parts are tolerated (a browser may
+# add an empty one), thousands are not.
+MAX_PARTS = 16
+# Seconds a client refused for being one upload too many is told to wait.
+RETRY_AFTER = "5"
 
-# Format: content type, file extension, and the mutagen types that read it.
-FORMATS = {
-    "mp3": ("audio/mpeg", ".mp3", ("MP3",)),
-    "m4a": ("audio/mp4", ".m4a", ("MP4",)),
-    "aac": ("audio/aac", ".aac", ("AAC",)),
-    "ogg": ("audio/ogg", ".ogg", ("OggVorbis", "OggOpus")),
-    "wav": ("audio/wav", ".wav", ("WAVE",)),
-    "flac": ("audio/flac", ".flac", ("FLAC",)),
-}
-
-
-def sniff(head: bytes) -> str | None:
-    """The audio format the first bytes of a file announce, if any."""
-    if head.startswith(b"ID3"):
-        return "mp3"
-    if head[4:8] == b"ftyp":
-        return "m4a"
-    if head.startswith(b"OggS"):
-        return "ogg"
-    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
-        return "wav"
-    if head.startswith(b"fLaC"):
-        return "flac"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        layer = (head[1] >> 1) & 0b11
-        return "aac" if layer == 0 else "mp3"  # ADTS frames have layer 00
-    return None
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,89 +73,146 @@ async def _read_text(part: BodyPartReader) -> str:
         raise Problem(400, f"Form field {part.name!r} is not UTF-8") from None
 
 
-async def _write_file(part: BodyPartReader, out: NewFile, upload: Upload, limit: int) -> bytes:
-    """Stream the part into `out`; returns its first bytes for sniffing."""
-    digest = hashlib.sha256()
-    head = b""
-    while chunk := await part.read_chunk(CHUNK_BYTES):
-        upload.size_bytes += len(chunk)
-        if upload.size_bytes > limit:
-            raise Problem(413, f"The audio file is over MAX_UPLOAD_BYTES ({limit} bytes)")
-        if len(head) < 64:
-            head += chunk[: 64 - len(head)]
-        digest.update(chunk)
-        out.write(chunk)
-    out.close()
-    upload.sha256 = digest.hexdigest()
-    return head
+async def _read_chunk(part: BodyPartReader) -> bytes:
+    """The next CHUNK_BYTES of the part (a little more, at most twice that),
+    or the rest of it; empty at its end."""
+    chunk = bytearray()
+    # read_chunk() returns whatever has arrived, a byte included: gather a
+    # whole chunk, so that its deadline bounds the rate, not only silences.
+    while len(chunk) < CHUNK_BYTES and (more := await part.read_chunk(CHUNK_BYTES)):
+        chunk += more
+    return bytes(chunk)
 
 
-def _read_audio(path: Path, kind: str, size: int) -> tuple[float, int | None]:
-    """Duration and bitrate as mutagen reads them, or a 422 when it cannot,
-    or when the file is far shorter than its own headers announce (a
-    truncated upload whose first frame still claims the full length)."""
+class Uploads:
+    """One app's uploads: received into its media store within the bounds
+    above, read by its audio reader."""
+
+    def __init__(self, settings: Settings, store: MediaStore, reader: AudioReader):
+        self.store = store
+        self.reader = reader
+        self.limit = settings.max_upload_bytes
+        self.idle = settings.upload_idle_seconds
+        self.max_concurrent = settings.upload_max_concurrent
+        self.active = 0
+
+    @contextlib.asynccontextmanager
+    async def receive(self, request: web.Request) -> AsyncIterator[Upload]:
+        """Receive the upload into the store; the file stays only if the
+        caller calls `upload.keep()` inside the block."""
+        if self.active >= self.max_concurrent:
+            raise Problem(
+                503,
+                f"Too many uploads at once (UPLOAD_MAX_CONCURRENT is {self.max_concurrent});"
+                " try again shortly",
+                headers={"Retry-After": RETRY_AFTER},
+            )
+        # The whole body must fit above the reserve (it is checked again as
+        # bytes arrive: Content-Length may be absent, or others write too).
+        self.store.make_room(request.content_length or 0)
+        self.active += 1
+        upload = Upload()
+        files: list[NewFile] = []
+        try:
+            await self._receive_parts(request, upload, files)
+            yield upload
+        finally:
+            self.active -= 1
+            for new in files:
+                new.remove()
+            if upload.name is not None and not upload.kept:
+                self.store.delete(upload.name)
+
+    async def _within_idle(self, read: Awaitable[T]) -> T:
+        """`read`, or a 408 when it does not complete within the idle limit."""
+        try:
+            async with asyncio.timeout(self.idle):
+                return await read
+        except TimeoutError:
+            raise Problem(
+                408,
+                f"The upload stalled: no {CHUNK_BYTES // 1024} KiB of it arrived within"
+                f" UPLOAD_IDLE_SECONDS ({self.idle:g} s)",
+            ) from None
+
+    async def _write_file(self, part: BodyPartReader, out: NewFile, upload: Upload) -> bytes:
+        """Stream the part into `out`; returns its first bytes for sniffing."""
+        digest = hashlib.sha256()
+        head = b""
+        while chunk := await self._within_idle(_read_chunk(part)):
+            upload.size_bytes += len(chunk)
+            if upload.size_bytes > self.limit:
+                raise Problem(413, f"The audio file is over MAX_UPLOAD_BYTES ({self.limit} bytes)")
+            if len(head) < 64:
+                head += chunk[: 64 - len(head)]
+            digest.update(chunk)
+            out.write(chunk)
+        out.close()
+        upload.sha256 = digest.hexdigest()
+        return head
+
+    async def _receive_parts(
+        self, request: web.Request, upload: Upload, files: list[NewFile]
+    ) -> None:
+        head: bytes | None = None  # the file's first bytes, once it is received
+        parts = 0
+        try:
+            reader = await request.multipart()
+            while (part := await self._within_idle(reader.next())) is not None:
+                parts += 1
+                if parts > MAX_PARTS:
+                    raise Problem(400, f"The form has more than {MAX_PARTS} parts")
+                if not isinstance(part, BodyPartReader) or part.name is None:
+                    raise Problem(400, "Nested or unnamed multipart parts are not accepted")
+                if part.name == FILE_FIELD:
+                    if head is not None:
+                        raise Problem(400, "Send one audio file per clip")
+                    files.append(self.store.create())
+                    head = await self._write_file(part, files[0], upload)
+                elif part.name in TEXT_FIELDS:
+                    upload.fields[part.name] = await self._within_idle(_read_text(part))
+                else:
+                    raise Problem(400, f"Unknown form field {part.name[:40]!r}")
+        except (ValueError, AssertionError, HttpProcessingError) as error:  # a malformed body
+            raise Problem(400, f"The multipart body is malformed: {error}") from None
+        if head is None:
+            raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")
+        kind = sniff(head)
+        if kind is None:
+            raise Problem(
+                415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
+            )
+        received = files[0]
+        try:
+            audio = await self.reader.read(str(received.path), kind, upload.size_bytes)
+        except ReadTimeout:
+            raise Problem(
+                422,
+                f"The file's audio could not be read within UPLOAD_PARSE_SECONDS"
+                f" ({self.reader.budget:g} s)",
+            ) from None
+        except Busy:
+            raise Problem(
+                503,
+                "Every audio reader stayed busy; try again shortly",
+                headers={"Retry-After": RETRY_AFTER},
+            ) from None
+        if audio.refused:
+            raise Problem(422, audio.refused)
+        upload.duration_seconds, upload.bitrate = audio.duration_seconds, audio.bitrate
+        upload.content_type, extension, _ = FORMATS[kind]
+        upload.name = await asyncio.to_thread(received.rename, extension)
+
+
+UPLOADS = web.AppKey("UPLOADS", Uploads)
+
+
+async def uploads_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The app's uploads and their audio reader processes."""
+    settings = app[SETTINGS]
+    reader = AudioReader(settings.upload_parse_workers, settings.upload_parse_seconds)
+    app[UPLOADS] = Uploads(settings, app[MEDIA_STORE], reader)
     try:
-        audio = mutagen.File(path)
-    except (mutagen.MutagenError, OSError, ValueError, EOFError):  # malformed files raise all sorts
-        audio = None
-    readers = FORMATS[kind][2]
-    if audio is None or type(audio).__name__ not in readers or not audio.info.length:
-        raise Problem(422, f"The file looks like {kind.upper()} but its audio cannot be read")
-    length = float(audio.info.length)
-    bitrate = getattr(audio.info, "bitrate", None) or None
-    if bitrate and size < 0.9 * bitrate / 8 * length:
-        raise Problem(
-            422, f"The file is truncated: it announces {length:.1f} s but holds {size} bytes"
-        )
-    return length, bitrate
-
-
-@contextlib.asynccontextmanager
-async def receive(request: web.Request, store: MediaStore, limit: int) -> AsyncIterator[Upload]:
-    """Receive the upload into `store`; the file stays only if the caller
-    calls `upload.keep()` inside the block."""
-    upload = Upload()
-    files: list[NewFile] = []
-    try:
-        await _receive_parts(request, upload, store, files, limit)
-        yield upload
+        yield
     finally:
-        for new in files:
-            new.remove()
-        if upload.name is not None and not upload.kept:
-            store.delete(upload.name)
-
-
-async def _receive_parts(
-    request: web.Request, upload: Upload, store: MediaStore, files: list[NewFile], limit: int
-) -> None:
-    head: bytes | None = None  # the file's first bytes, once it is received
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or part.name is None:
-                raise Problem(400, "Nested or unnamed multipart parts are not accepted")
-            if part.name == FILE_FIELD:
-                if head is not None:
-                    raise Problem(400, "Send one audio file per clip")
-                files.append(store.create())
-                head = await _write_file(part, files[0], upload, limit)
-            elif part.name in TEXT_FIELDS:
-                upload.fields[part.name] = await _read_text(part)
-            else:
-                raise Problem(400, f"Unknown form field {part.name[:40]!r}")
-    except (ValueError, AssertionError, HttpProcessingError) as error:  # a malformed body
-        raise Problem(400, f"The multipart body is malformed: {error}") from None
-    if head is None:
-        raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")
-    kind = sniff(head)
-    if kind is None:
-        raise Problem(
-            415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
-        )
-    received = files[0]
-    upload.duration_seconds, upload.bitrate = await asyncio.to_thread(
-        _read_audio, received.path, kind, upload.size_bytes
-    )
-    upload.content_type, extension, _ = FORMATS[kind]
-    upload.name = await asyncio.to_thread(received.rename, extension)
+        await reader.close()

@@ -7,6 +7,7 @@ Reading /metrics is tests/scrape.py's; driving Chromium, tests/browser.py's.
 
 import asyncio
 import inspect
+import io
 import os
 import socket
 import time
@@ -73,8 +74,11 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-def upload_form(audio: bytes | None, filename: str = "song.mp3", **fields: str) -> aiohttp.FormData:
-    """A multipart upload as a browser form sends it: title, genre, the file."""
+def upload_form(
+    audio: bytes | io.BytesIO | None, filename: str = "song.mp3", **fields: str
+) -> aiohttp.FormData:
+    """A multipart upload as a browser form sends it: title, genre, the file
+    (large files as io.BytesIO: aiohttp warns about big raw bytes)."""
     data = aiohttp.FormData(default_to_multipart=True)
     for name, value in {"title": "Uploaded", "genre": "rock", **fields}.items():
         data.add_field(name, value)
@@ -102,3 +106,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def raw_form(boundary: str = "rawupload") -> tuple[bytes, bytes]:
+    """An upload form's bytes before its file (title, genre, the file part's
+    headers) and after it (the closing boundary)."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nRaw\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="genre"\r\n\r\nrock\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="audio"; filename="a.mp3"\r\n'
+        "Content-Type: audio/mpeg\r\n\r\n"
+    ).encode()
+    return head, f"\r\n--{boundary}--\r\n".encode()
+
+
+def raw_upload_head(audio_bytes: int, boundary: str = "rawupload") -> bytes:
+    """An upload's request head and form up to the file's first byte, as a
+    client writes them on a socket; the file is `audio_bytes` long (the
+    Content-Length counts them and the closing boundary)."""
+    form, tail = raw_form(boundary)
+    return (
+        b"POST /clips HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Type: multipart/form-data; boundary={boundary}\r\n".encode()
+        + f"Content-Length: {len(form) + audio_bytes + len(tail)}\r\n\r\n".encode()
+        + form
+    )
+
+
+async def read_status(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The status and the rest of a response read off a raw socket."""
+    status_line = await reader.readline()
+    rest = await reader.readuntil(b"\r\n\r\n")
+    return int(status_line.split()[1]), rest

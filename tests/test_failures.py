@@ -8,6 +8,7 @@ database stays untouched and unblamed, and /readyz stays 200.
 
 import asyncio
 import errno
+import io
 import logging
 import os
 import shutil
@@ -17,10 +18,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from db import POOL
 from db.clips import get_clip
 from server import SERVER_OPTIONS, create_app
 from tests.scrape import metric, scrape
-from tests.support import clip_count, read_problem, upload_form
+from tests.support import MP3, clip_count, raw_form, read_problem, upload_form
 
 
 async def assert_database_not_blamed(client) -> None:
@@ -31,19 +33,33 @@ async def assert_database_not_blamed(client) -> None:
 
 
 @pytest.fixture
-def full_media_dir(media_dir):
-    """MEDIA_DIR on a 256 KiB tmpfs: writes past that fail with ENOSPC."""
-    shutil.rmtree(media_dir)
-    media_dir.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(media_dir)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
-    yield media_dir
-    subprocess.run(["umount", str(media_dir)], check=True)
+def small_media_dir(media_dir):
+    """Mounts a tmpfs of the given size (`mount` syntax, e.g. "256k") as
+    MEDIA_DIR: writes past it fail with ENOSPC."""
+    mounted_dirs = []
+
+    def mount(size: str):
+        shutil.rmtree(media_dir)
+        media_dir.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(media_dir)],
+            capture_output=True,
+            text=True,
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
+        mounted_dirs.append(media_dir)
+        return media_dir
+
+    yield mount
+    for directory in mounted_dirs:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.fixture
+def full_media_dir(small_media_dir):
+    """MEDIA_DIR on a 256 KiB tmpfs."""
+    return small_media_dir("256k")
 
 
 async def test_an_upload_into_a_vanished_media_dir_names_storage(
@@ -67,8 +83,11 @@ async def test_an_upload_into_a_vanished_media_dir_names_storage(
 
 
 async def test_an_upload_onto_a_full_disk_is_507_and_leaves_nothing(
-    client, pool, full_media_dir, audio_dir
+    settings, make_client, full_media_dir, audio_dir
 ):
+    # No reserve: the disk itself runs out (ENOSPC) mid-upload.
+    client = await make_client(settings.changed({"media_min_free_bytes": 0}))
+    pool = client.server.app[POOL]
     wav = (audio_dir / "tune.wav").read_bytes()
     assert len(wav) > 256 * 1024
     before = await clip_count(pool)
@@ -84,6 +103,40 @@ async def test_an_upload_onto_a_full_disk_is_507_and_leaves_nothing(
     remount = await asyncio.create_subprocess_exec("mount", "-o", "remount,size=4m", full_media_dir)
     assert await remount.wait() == 0
     assert (await client.post("/clips", data=upload_form(wav, "song.wav"))).status == 201
+
+
+async def test_an_upload_that_would_eat_into_the_reserve_is_507_and_leaves_nothing(
+    settings, make_client, small_media_dir, audio_dir
+):
+    """MEDIA_MIN_FREE_BYTES is kept free: an upload whose Content-Length
+    would go below it is refused before its body is read, and one without a
+    Content-Length (chunked) as soon as its bytes would."""
+    media_dir = small_media_dir("1m")
+    client = await make_client(settings.changed({"media_min_free_bytes": 768 * 1024}))
+    pool = client.server.app[POOL]
+    wav = (audio_dir / "tune.wav").read_bytes()
+    assert 256 * 1024 < len(wav) < 1024 * 1024  # it would fit, but not above the reserve
+
+    declared = await client.post("/clips", data=upload_form(io.BytesIO(wav), "song.wav"))
+    assert "full" in (await read_problem(declared, 507))["detail"]
+
+    form, tail = raw_form("reserve")
+    body = form + wav + tail
+
+    async def chunks():  # no Content-Length: the body arrives as it is sent
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    headers = {"Content-Type": "multipart/form-data; boundary=reserve"}
+    chunked = await client.post("/clips", data=chunks(), headers=headers)
+    assert "full" in (await read_problem(chunked, 507))["detail"]
+
+    assert os.listdir(media_dir) == []
+    assert await clip_count(pool) == 0
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 2
+    await assert_database_not_blamed(client)
+    # A small file leaves the reserve whole: it goes through.
+    assert (await client.post("/clips", data=upload_form(MP3))).status == 201
 
 
 async def test_a_file_that_cannot_be_removed_does_not_undo_a_delete(

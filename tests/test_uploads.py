@@ -1,12 +1,18 @@
-"""Uploading audio: what the bytes are decides, and a refused upload leaves
-no file and no row."""
+"""Uploading audio: what the bytes are decides, a refused upload leaves
+no file and no row, and no client can hold the server with one: stalled
+bodies, endless forms, files crafted to keep the parser busy or crash it,
+and too many uploads at once are all refused."""
 
 import asyncio
 import hashlib
+import io
+import os
+import struct
 
 import pytest
 
 from db import POOL
+from streaming.uploads import MAX_PARTS, UPLOADS
 from tests.support import (
     MP3,
     MP3_BITRATE,
@@ -14,10 +20,36 @@ from tests.support import (
     clip_count,
     error_fields,
     media_files,
+    raw_upload_head,
     read_problem,
+    read_status,
     upload_form,
     wait_until,
 )
+
+
+def slow_wav(chunks: int) -> bytes:
+    """A valid WAV padded with `chunks` empty chunks: mutagen walks them one
+    by one in Python (about 100,000 a second here)."""
+    fmt = b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+    body = b"WAVE" + fmt + b"junk\0\0\0\0" * chunks + b"data" + struct.pack("<I", 2) + b"\0\0"
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def nested_mp4(depth: int) -> bytes:
+    """An MP4 whose atoms nest `depth` deep: mutagen recurses into each."""
+    atoms = b""
+    for _ in range(depth):
+        atoms = struct.pack(">I", 8 + len(atoms)) + b"moov" + atoms
+    return struct.pack(">I", 16) + b"ftypM4A \0\0\0\0" + atoms
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def test_an_mp3_upload_becomes_a_playable_clip(client, media_dir):
@@ -53,8 +85,25 @@ async def test_a_wav_upload_is_recognised_by_its_bytes(client, audio_dir):
         (b"\x00\x01\x02\x03" * 1000, 415),
         (b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\x00" * 50, 422),  # truncated: a tag, no audio
         (MP3[:300], 422),  # truncated: the first frames of a real MP3
+        (nested_mp4(3000), 422),  # mutagen raises RecursionError
+        (b"\0\0\0\x10ftypM4A \0\0\0\0" + b"\xff" * 500, 422),
+        (b"RIFF\xff\xff\xff\xffWAVE" + b"\xff" * 500, 422),
+        (b"OggS" + b"\xff" * 500, 422),
+        (b"fLaC" + b"\xff" * 500, 422),
+        (b"\xff\xf1" + b"\xff" * 500, 422),  # ADTS sync, then nonsense
     ],
-    ids=["text", "binary", "id3-tag-only", "truncated-mp3"],
+    ids=[
+        "text",
+        "binary",
+        "id3-tag-only",
+        "truncated-mp3",
+        "deeply-nested-mp4",
+        "garbage-mp4",
+        "garbage-wav",
+        "garbage-ogg",
+        "garbage-flac",
+        "garbage-aac",
+    ],
 )
 async def test_what_is_not_audio_is_refused_and_leaves_nothing(
     client, pool, media_dir, payload, status
@@ -139,3 +188,118 @@ async def test_20_concurrent_uploads(client, pool, media_dir):
     assert len({c["id"] for c in clips}) == 20
     assert len(media_files(media_dir) - before) == 20
     assert await clip_count(pool) == 20
+
+
+@pytest.mark.parametrize("trickle", [None, 0.05], ids=["stalled", "trickling"])
+async def test_an_upload_that_stalls_or_trickles_is_cut_with_408(
+    settings, make_client, media_dir, trickle
+):
+    """Every 64 KiB must arrive within UPLOAD_IDLE_SECONDS: a body that sends
+    nothing more is cut, and so is one that sends a byte far more often
+    than that (a deadline per read alone would never cut it)."""
+    client = await make_client(settings.changed({"upload_idle_seconds": 0.5}))
+    before = media_files(media_dir)
+    head = raw_upload_head(len(MP3))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + MP3[:1000])
+
+    async def drip() -> None:
+        for byte in MP3[1000:]:
+            await asyncio.sleep(trickle)  # the client's pace, not a wait for the server
+            writer.write(bytes([byte]))
+
+    dripping = asyncio.create_task(drip()) if trickle else None
+    try:
+        async with asyncio.timeout(10):
+            status, rest = await read_status(reader)
+    finally:
+        if dripping:
+            dripping.cancel()
+        writer.close()
+    assert status == 408
+    assert b"UPLOAD_IDLE_SECONDS" in rest + await reader.read(2000)
+    await wait_until(lambda: media_files(media_dir) == before, "the partial upload removed")
+    assert await clip_count(client.server.app[POOL]) == 0
+
+
+async def test_a_form_of_thousands_of_parts_is_400_naming_the_cap(client, media_dir):
+    before = media_files(media_dir)
+    boundary = "manyparts"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nx\r\n'
+    body = (part * 20_000 + f"--{boundary}--\r\n").encode()
+    response = await client.post(
+        "/clips",
+        data=io.BytesIO(body),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert f"more than {MAX_PARTS} parts" in (await read_problem(response, 400))["detail"]
+    assert media_files(media_dir) == before
+
+
+async def test_a_slow_parse_never_blocks_other_requests(settings, make_client, media_dir):
+    """While a file that takes the parser seconds is read, the same server
+    answers other requests: each completes before the parse does."""
+    client = await make_client(settings.changed({"upload_parse_seconds": 60.0}))
+    wav = slow_wav(300_000)
+    before = media_files(media_dir)
+    upload = asyncio.create_task(
+        client.post("/clips", data=upload_form(io.BytesIO(wav), "slow.wav"))
+    )
+
+    def received() -> bool:  # the whole file is on disk: its parse starts
+        return any(
+            (media_dir / name).stat().st_size == len(wav)
+            for name in media_files(media_dir) - before
+            if name.startswith(".upload-")
+        )
+
+    await wait_until(received, "the upload received", seconds=30)
+    for _ in range(5):
+        assert (await client.get("/healthz")).status == 200
+        assert not upload.done(), "the parse finished first: it was not slow enough to tell"
+    response = await upload
+    assert response.status == 201, await response.text()
+    workers = client.server.app[UPLOADS].reader.pids()
+    assert workers and os.getpid() not in workers  # read in other processes
+
+
+async def test_a_parse_over_its_budget_is_422_and_its_worker_is_replaced(
+    settings, make_client, media_dir
+):
+    client = await make_client(
+        settings.changed({"upload_parse_seconds": 0.3, "upload_parse_workers": 1})
+    )
+    reader = client.server.app[UPLOADS].reader
+    assert (await client.post("/clips", data=upload_form(MP3))).status == 201
+    (first,) = reader.pids()
+    before = media_files(media_dir)
+
+    response = await client.post(
+        "/clips", data=upload_form(io.BytesIO(slow_wav(1_000_000)), "slow.wav")
+    )
+
+    assert "UPLOAD_PARSE_SECONDS" in (await read_problem(response, 422))["detail"]
+    assert media_files(media_dir) == before
+    await wait_until(lambda: not alive(first), "the overrunning worker killed")
+    # A fresh worker reads the next upload.
+    assert (await client.post("/clips", data=upload_form(MP3))).status == 201
+    assert reader.pids() and first not in reader.pids()
+
+
+async def test_uploads_past_the_cap_are_503_with_retry_after(settings, make_client, media_dir):
+    client = await make_client(settings.changed({"upload_max_concurrent": 1}))
+    before = media_files(media_dir)
+    head = raw_upload_head(len(MP3))
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + MP3[:1000])  # one upload in progress, holding the only place
+    await wait_until(lambda: media_files(media_dir) - before, "the first upload on disk")
+
+    response = await client.post("/clips", data=upload_form(MP3))
+
+    body = await read_problem(response, 503)
+    assert "UPLOAD_MAX_CONCURRENT" in body["detail"]
+    assert response.headers["Retry-After"].isdigit()
+    assert len(media_files(media_dir) - before) == 1  # the refused one wrote nothing
+    writer.close()  # the first upload ends: its place is free again
+    await wait_until(lambda: media_files(media_dir) == before, "the first upload removed")
+    assert (await client.post("/clips", data=upload_form(MP3))).status == 201
