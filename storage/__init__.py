@@ -10,12 +10,18 @@ Disk space: the store keeps MEDIA_MIN_FREE_BYTES free. A write that would
 go below that reserve is refused as if the disk were full (507), before and
 while an upload arrives, so uploads never fill the disk that stored clips,
 logs and PostgreSQL may share.
+
+Partial uploads are `.upload-*` files. A process killed mid-upload leaves
+its partial file behind; `sweep()` removes those nobody has written for a
+while (several processes and replicas may be uploading into one MEDIA_DIR,
+so age is the only safe sign that no upload owns a file).
 """
 
 import contextlib
 import errno
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,6 +84,27 @@ class MediaStore:
             if disk.f_bavail * disk.f_frsize - size < self.min_free_bytes:
                 raise OSError(errno.ENOSPC, "it would leave less than MEDIA_MIN_FREE_BYTES free")
 
+    def sweep(self, older_than: float) -> list[str]:
+        """Remove partial uploads not written for `older_than` seconds;
+        returns their names. Failures are logged, not raised."""
+        removed = []
+        cutoff = time.time() - older_than
+        try:
+            partials = list(self.directory.glob(f"{PARTIAL}*"))
+        except OSError as error:
+            log.error("cannot list MEDIA_DIR for partial uploads: %s", error)
+            return removed
+        for path in partials:
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path.name)
+            except FileNotFoundError:
+                continue  # its upload finished or gave up meanwhile
+            except OSError as error:
+                log.error("cannot remove the partial upload %s: %s", path.name, error)
+        return removed
+
     def create(self) -> "NewFile":
         """A new file under a temporary name; raises StorageError."""
         return NewFile(self)
@@ -110,6 +137,11 @@ class NewFile:
         self._store.make_room(len(chunk))
         with self._store.failing_as("write", "write the upload to MEDIA_DIR"):
             self._file.write(chunk)
+
+    def touch(self) -> None:
+        """Mark the file as owned by a live upload (see MediaStore.sweep)."""
+        with self._store.failing_as("write", "write the upload to MEDIA_DIR"):
+            os.utime(self.path)
 
     def close(self) -> None:
         with self._store.failing_as("write", "write the upload to MEDIA_DIR"):

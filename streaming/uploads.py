@@ -15,12 +15,14 @@ UPLOAD_MAX_CONCURRENT uploads at once per process (503 with Retry-After,
 before the body is read); at most MAX_PARTS form parts (400); every
 CHUNK_BYTES of the body (or the end of a part) must arrive within
 UPLOAD_IDLE_SECONDS (408), so a body that trickles is cut however it
-trickles; the disk keeps MEDIA_MIN_FREE_BYTES (507).
+trickles; the disk keeps MEDIA_MIN_FREE_BYTES (507). Partial files of
+uploads that died with their process are swept (`uploads_ctx`).
 """
 
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -32,6 +34,8 @@ from settings import SETTINGS, Settings
 from storage import MEDIA_STORE, MediaStore, NewFile
 from streaming.audio import FORMATS, AudioReader, Busy, ReadTimeout, sniff
 from web.problems import Problem
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 * 1024
 FIELD_MAX_BYTES = 8 * 1024
@@ -86,7 +90,8 @@ async def _read_chunk(part: BodyPartReader) -> bytes:
 
 class Uploads:
     """One app's uploads: received into its media store within the bounds
-    above, read by its audio reader."""
+    above, read by its audio reader; `sweep()` removes partial files no
+    upload owns."""
 
     def __init__(self, settings: Settings, store: MediaStore, reader: AudioReader):
         self.store = store
@@ -95,6 +100,23 @@ class Uploads:
         self.idle = settings.upload_idle_seconds
         self.max_concurrent = settings.upload_max_concurrent
         self.active = 0
+        # A live upload writes or touches its partial file at least every
+        # max(idle, 2 x parse) seconds (a worker is waited for at most the
+        # parse budget, then the parse takes at most as long): a file left
+        # alone four times that long (2 minutes by default: margin for loaded
+        # machines, and for clocks of replicas sharing MEDIA_DIR) belongs to
+        # no live upload.
+        self.stale_after = 4 * max(self.idle, 2 * settings.upload_parse_seconds)
+
+    def sweep(self) -> list[str]:
+        removed = self.store.sweep(self.stale_after)
+        if removed:
+            log.warning(
+                "removed %d partial upload(s) left by a process that died: %s",
+                len(removed),
+                ", ".join(removed),
+            )
+        return removed
 
     @contextlib.asynccontextmanager
     async def receive(self, request: web.Request) -> AsyncIterator[Upload]:
@@ -171,6 +193,8 @@ class Uploads:
                     head = await self._write_file(part, files[0], upload)
                 elif part.name in TEXT_FIELDS:
                     upload.fields[part.name] = await self._within_idle(_read_text(part))
+                    if files:
+                        files[0].touch()  # still ours: see stale_after
                 else:
                     raise Problem(400, f"Unknown form field {part.name[:40]!r}")
         except (ValueError, AssertionError, HttpProcessingError) as error:  # a malformed body
@@ -183,6 +207,7 @@ class Uploads:
                 415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
             )
         received = files[0]
+        received.touch()
         try:
             audio = await self.reader.read(str(received.path), kind, upload.size_bytes)
         except ReadTimeout:
@@ -208,11 +233,24 @@ UPLOADS = web.AppKey("UPLOADS", Uploads)
 
 
 async def uploads_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The app's uploads and their audio reader processes."""
+    """The app's uploads and their audio reader processes; partial files
+    left by a process that died are removed at start, and every
+    `stale_after` seconds (a replica or worker may die at any time)."""
     settings = app[SETTINGS]
     reader = AudioReader(settings.upload_parse_workers, settings.upload_parse_seconds)
-    app[UPLOADS] = Uploads(settings, app[MEDIA_STORE], reader)
+    uploads = app[UPLOADS] = Uploads(settings, app[MEDIA_STORE], reader)
+    await asyncio.to_thread(uploads.sweep)
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(uploads.stale_after)
+            await asyncio.to_thread(uploads.sweep)
+
+    sweeper = asyncio.create_task(sweep_forever(), name="sweep partial uploads")
     try:
         yield
     finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
         await reader.close()
