@@ -32,8 +32,7 @@ async def stream_clip(request: web.Request) -> web.StreamResponse:
     request[STREAM_CLIP] = clip_id
     request[STREAM_RANGE] = requested_range(request)
     if clip["media_path"] is not None:
-        path = request.app[MEDIA_STORE].path(clip["media_path"])
-        return await send_stored(request, path, clip)
+        return await send_stored(request, request.app[MEDIA_STORE], clip)
     if request.app[SETTINGS].stream_mode == "redirect":
         return await redirect_remote(request, clip)
     return await send_remote(request, clip)

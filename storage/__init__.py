@@ -49,7 +49,7 @@ class StorageError(Exception):
 
 class MediaStore:
     """MEDIA_DIR. `on_error(operation)` is called once per failure
-    ("write" or "delete"), for metrics."""
+    ("read", "write" or "delete"), for metrics."""
 
     def __init__(
         self,
@@ -104,6 +104,18 @@ class MediaStore:
             except OSError as error:
                 log.error("cannot remove the partial upload %s: %s", path.name, error)
         return removed
+
+    def open(self, name: str) -> BinaryIO | None:
+        """The stored file `name`, open for reading; None when there is no
+        such file. Anything else (MEDIA_DIR gone or unreadable, a disk
+        error, no descriptors left) raises StorageError, counted as "read"."""
+        try:
+            return self.path(name).open("rb")
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            self._on_error("read")
+            raise StorageError(f"read {name} from MEDIA_DIR", error) from error
 
     def create(self) -> "NewFile":
         """A new file under a temporary name; raises StorageError."""

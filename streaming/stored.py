@@ -11,12 +11,13 @@ FileResponse's (and RFC 9110): ETag `"<mtime_ns>-<size>"` in hex.
 
 import asyncio
 import os
-from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
 from db.clips import Row
 from settings import SETTINGS
+from storage import MediaStore
 from streaming.headers import STREAM_HEADERS
 from streaming.plays import STREAM_RANGE, STREAM_SOURCE, Outcome, longest_life, tracked
 from streaming.ranges import if_range_holds, not_modified
@@ -33,11 +34,8 @@ class StoredFile:
     """An open audio file and the response a request for it gets. Use as a
     context manager: the file is closed when the block ends."""
 
-    def __init__(self, request: web.Request, path: Path, content_type: str):
-        try:
-            self.file = path.open("rb")
-        except OSError:
-            raise Problem(404, "The clip's audio file is missing") from None
+    def __init__(self, request: web.Request, file: BinaryIO, content_type: str):
+        self.file = file
         try:
             stat = os.fstat(self.file.fileno())
             size = stat.st_size
@@ -88,13 +86,17 @@ class StoredFile:
             outcome.sent += piece
 
 
-async def send_stored(request: web.Request, path: Path, clip: Row) -> web.StreamResponse:
-    """The stored file at `path` as the answer to `request`, tracked as a
+async def send_stored(request: web.Request, store: MediaStore, clip: Row) -> web.StreamResponse:
+    """The clip's stored file as the answer to `request`, tracked as a
     stream: dropped when the listener accepts nothing for STREAM_SEND_TIMEOUT
-    (`send_timeout`) or outlives the clip's longest life (`timeout`)."""
+    (`send_timeout`) or outlives the clip's longest life (`timeout`). A file
+    that is not there is a 404; one that cannot be read, a storage 500."""
     request[STREAM_SOURCE] = "stored"
     settings = request.app[SETTINGS]
-    with StoredFile(request, path, clip["content_type"]) as stored, tracked(request) as outcome:
+    file = store.open(clip["media_path"])
+    if file is None:
+        raise Problem(404, "The clip's audio file is missing")
+    with StoredFile(request, file, clip["content_type"]) as stored, tracked(request) as outcome:
         await stored.response.prepare(request)
         try:
             async with asyncio.timeout(longest_life(settings, clip)) as life:

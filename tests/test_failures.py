@@ -178,3 +178,17 @@ async def test_an_os_error_elsewhere_is_a_500_never_the_database(settings, aioht
         for r in caplog.records
     )
     await assert_database_not_blamed(client)
+
+
+async def test_a_stored_file_that_cannot_be_read_is_a_storage_error(client, make_clip, media_dir):
+    """Missing is a 404; there but unreadable (MEDIA_DIR replaced by a plain
+    file here: ENOTDIR) is the store failing, and says so."""
+    clip_id = await make_clip(media_path="tune.wav", content_type="audio/wav")
+    shutil.rmtree(media_dir)
+    media_dir.write_text("MEDIA_DIR replaced by a plain file\n")
+
+    body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 500)
+
+    assert "media store" in body["detail"]
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="read") == 1
+    await assert_database_not_blamed(client)
