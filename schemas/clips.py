@@ -16,12 +16,12 @@ from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 from db.clips import Sort
 from schemas.fields import (
     BIGINT_MAX,
-    CONTENT_TYPE,
-    GENRE,
+    INTEGER_MAX,
     SHA256,
     AudioUrl,
     ContentType,
     Description,
+    DurationSeconds,
     Genre,
     Search,
     Title,
@@ -32,20 +32,22 @@ class Clip(TypedDict):
     """A clip as every response shows it."""
 
     id: Annotated[int, Field(ge=1, le=BIGINT_MAX)]
-    title: Annotated[str, Field(min_length=1, max_length=200)]
-    description: Annotated[str, Field(max_length=2000)]
-    genre: Annotated[str, Field(max_length=40, pattern=GENRE)]
-    duration_seconds: Annotated[float, Field(gt=0, le=86400, description="Seconds of audio")]
+    title: Title
+    description: Description
+    genre: Genre
+    duration_seconds: Annotated[DurationSeconds, Field(description="Seconds of audio")]
     audio_url: Annotated[
         str | None, Field(description="Where the audio lives; null for audio stored here")
     ]
-    content_type: Annotated[str, Field(pattern=CONTENT_TYPE)]
+    content_type: ContentType
     play_count: Annotated[int, Field(ge=0, description="Plays counted so far")]
     last_played_at: Annotated[datetime | None, Field(description="null until the first play")]
     created_at: datetime
     size_bytes: Annotated[int | None, Field(gt=0, description="Uploaded audio only")]
     sha256: Annotated[str | None, Field(pattern=SHA256, description="Uploaded audio only")]
-    bitrate: Annotated[int | None, Field(gt=0, description="Bits per second; uploaded audio only")]
+    bitrate: Annotated[
+        int | None, Field(gt=0, le=INTEGER_MAX, description="Bits per second; uploaded audio only")
+    ]
     stream_url: Annotated[
         str,
         Field(
@@ -117,7 +119,7 @@ class UploadForm(BaseModel, extra="forbid"):
 class NewClip(UploadForm):
     """A clip whose audio stays at a remote URL."""
 
-    duration_seconds: float = Field(gt=0, le=86400, strict=True)
+    duration_seconds: DurationSeconds
     audio_url: AudioUrl
     content_type: ContentType | None = None
 
@@ -130,7 +132,7 @@ class ClipChanges(BaseModel, extra="forbid"):
     title: Title | None = None
     description: Description | None = None
     genre: Genre | None = None
-    duration_seconds: float | None = Field(None, gt=0, le=86400, strict=True)
+    duration_seconds: DurationSeconds | None = None
     audio_url: AudioUrl | None = None
     content_type: ContentType | None = None
 

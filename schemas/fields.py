@@ -2,10 +2,13 @@
 
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
-# PostgreSQL's bigint, the type of every id.
+# PostgreSQL's bigint, the type of every id, and integer (a bitrate).
 BIGINT_MAX = 2**63 - 1
+INTEGER_MAX = 2**31 - 1
+# The longest clip the catalogue takes (the table's CHECK): a day.
+MAX_DURATION_SECONDS = 86400
 
 
 def positive_bigint(raw: str) -> int | None:
@@ -48,4 +51,5 @@ AudioUrl = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=2048), AfterValidator(storable)
 ]
 ContentType = Annotated[str, StringConstraints(pattern=CONTENT_TYPE)]
+DurationSeconds = Annotated[float, Field(gt=0, le=MAX_DURATION_SECONDS, strict=True)]
 Search = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(storable)]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import mutagen
 
+from schemas.fields import INTEGER_MAX, MAX_DURATION_SECONDS
+
 # Format: content type, file extension, and the mutagen types that read it.
 FORMATS = {
     "mp3": ("audio/mpeg", ".mp3", ("MP3",)),
@@ -79,6 +81,13 @@ def read_audio(path: str, kind: str, size: int) -> Audio:
         bitrate = int(getattr(audio.info, "bitrate", 0) or 0) or None
     except Exception:
         return Audio(refused=f"The file looks like {kind.upper()} but its audio cannot be read")
+    if not 0 < length <= MAX_DURATION_SECONDS:
+        return Audio(
+            refused=f"The file announces {length:.0f} s of audio; at most"
+            f" {MAX_DURATION_SECONDS} s is accepted"
+        )
+    if bitrate is not None and bitrate > INTEGER_MAX:
+        return Audio(refused=f"The file announces a bitrate of {bitrate} bit/s, which no audio has")
     if bitrate and size < 0.9 * bitrate / 8 * length:
         return Audio(
             refused=f"The file is truncated: it announces {length:.1f} s but holds {size} bytes"

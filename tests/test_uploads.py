@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import struct
+import wave
 
 import pytest
 
@@ -304,3 +305,34 @@ async def test_uploads_past_the_cap_are_503_with_retry_after(settings, make_clie
     writer.close()  # the first upload ends: its place is free again
     await wait_until(lambda: media_files(media_dir) == before, "the first upload removed")
     assert (await client.post("/clips", data=upload_form(MP3))).status == 201
+
+
+def wav(rate: int, channels: int, width: int, frames: int) -> bytes:
+    """A well-formed WAV whose header says what it likes."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as audio:
+        audio.setnchannels(channels)
+        audio.setsampwidth(width)
+        audio.setframerate(rate)
+        audio.writeframes(b"\x80" * (frames * channels * width))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        (wav(1, 1, 1, 100_000), "86400"),  # 100,000 s at 1 Hz: longer than a day
+        (wav(400_000_000, 2, 2, 1000), "bitrate"),  # 12.8 Gbit/s
+    ],
+    ids=["longer-than-a-day", "impossible-bitrate"],
+)
+async def test_audio_announcing_what_the_catalogue_cannot_hold_is_422(
+    client, pool, media_dir, payload, named
+):
+    """Not a database error (500) after the fact: refused, nothing kept."""
+    before = media_files(media_dir), await clip_count(pool)
+    body = await read_problem(await client.post("/clips", data=upload_form(payload)), 422)
+    assert named in body["detail"]
+    assert (media_files(media_dir), await clip_count(pool)) == before
+    text = await (await client.get("/metrics")).text()
+    assert 'clips_db_errors_total{kind="query"} 0.0' in text
