@@ -82,6 +82,8 @@ class UpstreamGuard:
         if self.allows_name(host):
             return
         ip = literal_address(host)
+        if ip is None and not is_dns_name(host):
+            raise UpstreamRefused("the URL's host is not a valid name")
         if ip is None and is_localhost(host):
             ip = LOOPBACK  # RFC 6761: such names always mean this machine
         if ip is not None and not self.allows_address(ip):
@@ -105,6 +107,17 @@ class UpstreamGuard:
 
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+
+
+def is_dns_name(host: str) -> bool:
+    """Labels of 1 to 63 octets, 253 in all (RFC 1035), as IDNA encodes
+    them: `a..b` or a 300-character label can be neither resolved nor
+    connected to."""
+    try:
+        encoded = host.rstrip(".").encode("idna")
+    except UnicodeError:
+        return False
+    return 0 < len(encoded) <= 253
 
 
 def is_localhost(host: str) -> bool:

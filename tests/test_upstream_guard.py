@@ -275,3 +275,16 @@ async def test_upstream_allow_judges_a_carried_address_too(settings, make_client
     assert allowed.status == 201
     refused = await client.post("/clips", json={**body, "audio_url": "http://[64:ff9b::a00:1]/x"})
     assert error_fields(await read_problem(refused, 400)) == ["audio_url"]
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example.com", "-" * 254])
+async def test_a_host_no_dns_could_hold_is_400_on_create_and_edit(guarded_client, make_clip, host):
+    """Empty or over-long labels cannot be resolved (IDNA refuses them): a
+    client mistake named on audio_url, never a 500."""
+    body = {"title": "Odd", "genre": "rock", "duration_seconds": 10}
+    url = f"https://{host}/a.mp3"
+    created = await guarded_client.post("/clips", json={**body, "audio_url": url})
+    assert error_fields(await read_problem(created, 400)) == ["audio_url"]
+    clip_id = await make_clip(audio_url="https://cdn.example.invalid/a.mp3")
+    edited = await guarded_client.patch(f"/clips/{clip_id}", json={"audio_url": url})
+    assert error_fields(await read_problem(edited, 400)) == ["audio_url"]

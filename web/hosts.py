@@ -8,6 +8,7 @@ link parameters or markup into those URLs (`Host: a.example>; rel="preload`).
 In production set PUBLIC_URL: then no Host reaches a URL at all.
 """
 
+import ipaddress
 import re
 
 from aiohttp import web
@@ -15,11 +16,19 @@ from aiohttp import web
 from web.problems import Problem
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
-_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]{{2,45}}\])(?::[0-9]{{1,5}})?")
+_HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]{{2,45}}\])(?::([0-9]{{1,5}}))?")
 
 
 def valid_host(value: str) -> bool:
-    return len(value) <= 261 and _HOST.fullmatch(value) is not None
+    match = _HOST.fullmatch(value) if len(value) <= 261 else None
+    if match is None or (match[1] is not None and int(match[1]) > 65535):
+        return False
+    if value.startswith("["):
+        try:
+            ipaddress.IPv6Address(value[1 : value.index("]")])
+        except ValueError:
+            return False
+    return True
 
 
 @web.middleware
