@@ -7,12 +7,14 @@ runs one server process or supervises WORKERS of them. Nothing imports
 this module (tests/test_architecture.py).
 """
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -126,7 +128,7 @@ def configure_logging(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Run one server process until SIGINT or SIGTERM."""
     log.info("starting on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
-    try:
+    with failing_in_one_line():
         web.run_app(
             create_app(settings),
             host=settings.host,
@@ -141,9 +143,15 @@ def serve(settings: Settings) -> None:
             handler_cancellation=True,
             **SERVER_OPTIONS,
         )
+
+
+@contextlib.contextmanager
+def failing_in_one_line() -> Iterator[None]:
+    """Start-up failed (database unreachable, port taken): one line, like a
+    bad setting, not a traceback."""
+    try:
+        yield
     except (OSError, *STARTUP_ERRORS) as error:
-        # Start-up failed (database unreachable, port taken): one line, like
-        # a bad setting, not a traceback.
         reason = str(error).strip().partition("\n")[0] or type(error).__name__
         raise SystemExit(f"server: cannot start: {reason}") from None
 
@@ -206,7 +214,8 @@ def main() -> None:
             serve(settings)
             return
         if settings.migrate_on_start:  # once, before the workers race for it
-            migrate.apply(url)
+            with failing_in_one_line():
+                migrate.apply(url)
         serve_workers(settings.changed({"migrate_on_start": False}))
 
 

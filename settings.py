@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -36,6 +37,8 @@ def _split_commas(value: object) -> object:
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 
 ROLES = ("read", "write")
+# Validation context: API keys a copy keeps from the settings it came from.
+KEYS_READ = "api_key_entries"
 MIN_KEY_LENGTH = 16
 
 
@@ -183,8 +186,12 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
 
     def changed(self, updates: dict[str, object]) -> "Settings":
         """A copy with `updates` (by field name), validated again as a whole:
-        unlike model_copy(update=...), every check and derived value holds."""
-        return Settings.model_validate({**self.model_dump(), **updates})
+        unlike model_copy(update=...), every check and derived value holds.
+        The API keys already read are kept unless the updates change them:
+        the keys file is read once."""
+        keys_kept = not {"api_keys", "api_keys_file"} & set(updates)
+        context = {KEYS_READ: self._api_key_entries} if keys_kept else None
+        return Settings.model_validate({**self.model_dump(), **updates}, context=context)
 
     def api_key_entries(self) -> tuple[tuple[str, str], ...]:
         """(role, key) pairs from API_KEYS and API_KEYS_FILE."""
@@ -201,14 +208,16 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
         return value
 
     @model_validator(mode="after")
-    def _keys_are_usable(self) -> "Settings":
-        entries = parse_keys(self.api_keys or "", "API_KEYS")
-        if self.api_keys_file is not None:
-            try:
-                text = self.api_keys_file.read_text()
-            except OSError as error:
-                raise ValueError(f"API_KEYS_FILE: cannot read it ({error.strerror})") from None
-            entries += parse_keys(text, "API_KEYS_FILE")
+    def _keys_are_usable(self, info: ValidationInfo) -> "Settings":
+        entries = (info.context or {}).get(KEYS_READ)
+        if entries is None:
+            entries = parse_keys(self.api_keys or "", "API_KEYS")
+            if self.api_keys_file is not None:
+                try:
+                    text = self.api_keys_file.read_text()
+                except OSError as error:
+                    raise ValueError(f"API_KEYS_FILE: cannot read it ({error.strerror})") from None
+                entries += parse_keys(text, "API_KEYS_FILE")
         self._api_key_entries = tuple(entries)
         if entries and not self.stream_url_secret:
             raise ValueError(

@@ -157,3 +157,16 @@ def test_secrets_stay_out_of_repr_and_str():
             assert secret not in shown
         assert "postgresql://clips:***@db:5432/clips?password=***" in shown
     assert settings.database_url.endswith("?password=qs-pass-0123")  # the value itself is whole
+
+
+def test_the_keys_file_is_read_once(tmp_path):
+    """Copies made with changed() keep the keys already read: a file rotated
+    or removed after start-up changes nothing until the next start."""
+    keys = tmp_path / "keys"
+    keys.write_text("read:reader-key-0123456789\n")
+    settings = Settings(API_KEYS_FILE=keys, STREAM_URL_SECRET="s" * 32)
+    keys.unlink()
+    copy = settings.changed({"port": 9001})
+    assert copy.api_key_entries() == (("read", "reader-key-0123456789"),)
+    with pytest.raises(ValueError, match="API_KEYS_FILE: cannot read it"):
+        settings.changed({"api_keys_file": keys})
