@@ -28,6 +28,11 @@ async def get_clip_stats(conn: Conn, clip_id: int) -> Row | None:
     return await conn.fetchrow(SQL["get_clip_stats"], clip_id)
 
 
+def sort_key(sort: Sort, clip: Row) -> object:
+    """The value a page in `sort` order is keyed on, as the query names it."""
+    return clip[{"newest": "created_at", "popular": "play_count", "title": "title_key"}[sort]]
+
+
 def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 

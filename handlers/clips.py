@@ -72,11 +72,6 @@ def check_version(request: web.Request, clip: Row) -> None:
         )
 
 
-def sort_key(sort: clips.Sort, clip: Row) -> object:
-    """The value a page in `sort` order is keyed on (sql/clips.sql)."""
-    return clip[{"newest": "created_at", "popular": "play_count", "title": "title_key"}[sort]]
-
-
 @routes.get("/clips")
 @routes.get("/clips/")
 async def list_clips(request: web.Request) -> web.Response:
@@ -93,7 +88,7 @@ async def list_clips(request: web.Request) -> web.Response:
     page, more = rows[: query.limit], len(rows) > query.limit
     headers = {}
     if more:
-        cursor = encode_cursor(query.sort, sort_key(query.sort, page[-1]), page[-1]["id"])
+        cursor = encode_cursor(query.sort, clips.sort_key(query.sort, page[-1]), page[-1]["id"])
         headers["Link"] = next_link(base_url(request) + request.path, dict(request.query), cursor)
     renderer = Renderer(request)
     return json_response([renderer.clip(c) for c in page], headers=headers)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from schemas.clips import Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
 from schemas.fields import BIGINT_MAX
-from schemas.problems import ProblemBody
+from schemas.problems import Problem
 from web.auth import STREAM_ROUTE
 from web.responses import json_response
 
@@ -58,7 +58,7 @@ SHAPES = {
     "ClipStats": ("serialization", ClipStats),
     "NewClip": ("validation", NewClip),
     "ClipChanges": ("validation", ClipChanges),
-    "Problem": ("serialization", ProblemBody),
+    "Problem": ("serialization", Problem),
 }
 
 
@@ -181,10 +181,13 @@ def document() -> dict:
                             "content": {"application/json": {"schema": REFS["Clip"]}},
                         },
                         "400": PROBLEM,
+                        "408": PROBLEM,
                         "413": PROBLEM,
                         "415": PROBLEM,
                         "422": PROBLEM,
+                        "500": PROBLEM,
                         "503": PROBLEM,
+                        "507": PROBLEM,
                     },
                 },
             },
@@ -266,6 +269,7 @@ def document() -> dict:
                         "400": PROBLEM,
                         "404": PROBLEM,
                         "416": PROBLEM,
+                        "500": PROBLEM,
                         "502": PROBLEM,
                         "503": PROBLEM,
                         "504": PROBLEM,

@@ -10,7 +10,7 @@ class FieldError(TypedDict):
     reason: str
 
 
-class ProblemBody(TypedDict):
+class Problem(TypedDict):
     """`application/problem+json`. `errors` names each wrong field;
     `request_id` ties the answer to a log line."""
 

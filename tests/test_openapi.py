@@ -2,6 +2,7 @@
 no server error and no response that breaks it, against the real app."""
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -118,3 +119,11 @@ def test_list_parameters_are_documented_with_their_constraints():
     assert parameters["genre"]["maxLength"] == 40 and "pattern" in parameters["genre"]
     assert parameters["q"] == {"type": "string", "minLength": 1, "maxLength": 200}
     assert parameters["cursor"]["maxLength"] == 1000
+
+
+def test_the_readmes_example_clip_has_exactly_the_documented_fields():
+    """The README shows a clip by hand: it must not drift from the shape."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("A clip:\n\n```json\n", 1)[1].split("```", 1)[0]
+    clip = DOCUMENT["components"]["schemas"]["Clip"]
+    assert set(json.loads(example)) == set(clip["properties"])

@@ -1,4 +1,5 @@
-"""One error type, rendered once as RFC 9457 `application/problem+json`.
+"""One error type, rendered once as RFC 9457 `application/problem+json`
+(its body's shape: schemas/problems.py, which /openapi.json documents).
 
 The middleware also names what failed when the client did nothing wrong:
 the database (503 while unavailable, `clips_db_errors_total`), the media
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from db import DatabaseError, DatabaseUnavailable
 from metrics.registry import METRICS
+from schemas import problems as shapes
 from storage import StorageError
 from web.requestlog import REQUEST_ID
 from web.responses import json_response
@@ -31,7 +33,7 @@ class Problem(Exception):
         status: int,
         detail: str | None = None,
         *,
-        errors: list[dict[str, str]] | None = None,
+        errors: list[shapes.FieldError] | None = None,
         headers: dict[str, str] | None = None,
     ):
         super().__init__(detail)
@@ -41,7 +43,7 @@ class Problem(Exception):
         self.headers = headers or {}
 
     def response(self, request_id: str | None = None) -> web.Response:
-        body: dict[str, object] = {
+        body: shapes.Problem = {
             "type": "about:blank",
             "title": HTTPStatus(self.status).phrase,
             "status": self.status,
