@@ -53,10 +53,29 @@ def product_modules(root: Path) -> dict[str, Path]:
     return modules
 
 
+def dynamic_import(node: ast.AST) -> str | None:
+    """The module a call imports by a literal name, as in
+    `__import__("web.problems")` or `importlib.import_module("db")`."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return None
+    name = node.args[0].value if isinstance(node.args[0], ast.Constant) else None
+    called = getattr(node.func, "id", getattr(node.func, "attr", None))
+    return name if isinstance(name, str) and called in ("__import__", "import_module") else None
+
+
+def absolute(package: str, base: str, level: int) -> str:
+    """`base` imported `level` dots up from `package`."""
+    if not level:
+        return base
+    anchor = package.split(".")[: len(package.split(".")) - level + 1]
+    return ".".join([*anchor, base] if base else anchor)
+
+
 def imports(modules: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     """(importer, imported, line) for every import statement, including
-    those inside functions. `from package import name` imports the module
-    package.name when there is one, else the package."""
+    those inside functions, and every import by a literal name (a leading
+    dot is relative to the importer's package). `from package import name`
+    imports the module package.name when there is one, else the package."""
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -64,13 +83,13 @@ def imports(modules: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
                 for alias in node.names:
                     yield name, alias.name, node.lineno
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*anchor, base] if base else anchor)
+                base = absolute(package, node.module or "", node.level)
                 for alias in node.names:
                     target = f"{base}.{alias.name}"
                     yield name, target if target in modules else base, node.lineno
+            elif literal := dynamic_import(node):
+                relative = literal.lstrip(".")
+                yield name, absolute(package, relative, len(literal) - len(relative)), node.lineno
 
 
 def part_of(module: str) -> str:
@@ -176,7 +195,7 @@ def test_sql_lives_in_sql_files_and_the_data_layer():
 def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
     """The checks above can fail: a small tree breaking each rule once."""
     files = {
-        "settings.py": "from web import problems\n",
+        "settings.py": "from web import problems\nimport importlib\nimportlib.import_module('db')",
         "server.py": "import handlers.clips\n",
         "web/__init__.py": "",
         "web/problems.py": "from web.auth import KEY\n",
@@ -186,6 +205,7 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "handlers/clips.py": "import asyncpg\nQUERY = 'SELECT id FROM clips'\n",
         "streaming/__init__.py": "from handlers.clips import QUERY\n",
         "gadgets/__init__.py": "",
+        "metrics/__init__.py": "__import__('web.problems')\n",
     }
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -196,6 +216,8 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
     assert "db imports handlers.clips" in broken
     assert "streaming imports handlers.clips" in broken
     assert "gadgets is no part of LAYERS" in broken
+    assert "settings.py:3: settings imports db;" in broken
+    assert "metrics/__init__.py:1: metrics imports web.problems;" in broken
     assert "server imports" not in broken  # server may import everything
     assert cycles(tmp_path) == [["web.auth", "web.problems"]]
     assert driver_imports(tmp_path) == ["handlers/clips.py:1: handlers.clips imports asyncpg"]
