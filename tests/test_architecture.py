@@ -33,7 +33,11 @@ LAYERS = (
     ("settings",),
 )
 DRIVERS = frozenset({"asyncpg", "psycopg", "yoyo"})
-NOT_PRODUCT = frozenset({"tests", "bench"})
+# Top-level folders that are not product code, whatever they hold: the suite,
+# the benchmark, yoyo migrations (which may be .py), the container and
+# monitoring files, uploaded media; dot-folders (.venv, .git, .ci) too. Every
+# other folder holding a .py file, package or not, is product code.
+NOT_PRODUCT = frozenset({"tests", "bench", "migrations", "deploy", "media"})
 SQL_TEXT = re.compile(
     r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS)\b"
 )
@@ -41,13 +45,11 @@ SQL_TEXT = re.compile(
 
 def product_modules(root: Path) -> dict[str, Path]:
     """Every module of the product, by dotted name."""
-    modules = {}
-    for path in sorted(root.glob("*.py")):
-        modules[path.stem] = path
-    for init in sorted(root.glob("*/__init__.py")):
-        if init.parent.name in NOT_PRODUCT:
+    modules = {path.stem: path for path in sorted(root.glob("*.py"))}
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.name in NOT_PRODUCT or folder.name.startswith("."):
             continue
-        for path in sorted(init.parent.rglob("*.py")):
+        for path in sorted(folder.rglob("*.py")):
             parts = path.relative_to(root).with_suffix("").parts
             modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return modules
@@ -99,10 +101,13 @@ def part_of(module: str) -> str:
 def layer_violations(root: Path) -> list[str]:
     rank = {part: row for row, parts in enumerate(LAYERS) for part in parts}
     modules = product_modules(root)
+    strays: dict[str, Path] = {}  # each part not in LAYERS, by its first module
+    for module, path in modules.items():
+        if part_of(module) not in rank:
+            strays.setdefault(part_of(module), path)
     problems = [
-        f"{part_of(m)} is no part of LAYERS: place it in the architecture"
-        for m in modules
-        if part_of(m) not in rank
+        f"{path.relative_to(root)}: {part} is no part of LAYERS: place it in the architecture"
+        for part, path in strays.items()
     ]
     for importer, imported, line in imports(modules):
         source, target = part_of(importer), part_of(imported)
@@ -205,6 +210,7 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "handlers/clips.py": "import asyncpg\nQUERY = 'SELECT id FROM clips'\n",
         "streaming/__init__.py": "from handlers.clips import QUERY\n",
         "gadgets/__init__.py": "",
+        "utils/x.py": "import psycopg\n",  # a folder without __init__.py
         "metrics/__init__.py": "__import__('web.problems')\n",
     }
     for name, text in files.items():
@@ -215,10 +221,14 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
     assert "settings imports web.problems" in broken
     assert "db imports handlers.clips" in broken
     assert "streaming imports handlers.clips" in broken
-    assert "gadgets is no part of LAYERS" in broken
+    assert "gadgets/__init__.py: gadgets is no part of LAYERS" in broken
+    assert "utils/x.py: utils is no part of LAYERS" in broken
     assert "settings.py:3: settings imports db;" in broken
     assert "metrics/__init__.py:1: metrics imports web.problems;" in broken
     assert "server imports" not in broken  # server may import everything
     assert cycles(tmp_path) == [["web.auth", "web.problems"]]
-    assert driver_imports(tmp_path) == ["handlers/clips.py:1: handlers.clips imports asyncpg"]
+    assert driver_imports(tmp_path) == [
+        "handlers/clips.py:1: handlers.clips imports asyncpg",
+        "utils/x.py:1: utils.x imports psycopg",
+    ]
     assert sql_outside_the_data_layer(tmp_path) == ["handlers/clips.py:2: 'SELECT id FROM clips'"]
