@@ -77,7 +77,9 @@ def imports(modules: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
     """(importer, imported, line) for every import statement, including
     those inside functions, and every import by a literal name (a leading
     dot is relative to the importer's package). `from package import name`
-    imports the module package.name when there is one, else the package."""
+    imports the module package.name when there is one, else the package;
+    a name that is a driver's imports the driver too (a re-export of it,
+    as `from db import asyncpg`, is still the driver)."""
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -89,6 +91,8 @@ def imports(modules: dict[str, Path]) -> Iterator[tuple[str, str, int]]:
                 for alias in node.names:
                     target = f"{base}.{alias.name}"
                     yield name, target if target in modules else base, node.lineno
+                    if alias.name in DRIVERS:
+                        yield name, alias.name, node.lineno
             elif literal := dynamic_import(node):
                 relative = literal.lstrip(".")
                 yield name, absolute(package, relative, len(literal) - len(relative)), node.lineno
@@ -207,6 +211,7 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "web/auth.py": "from web import problems\nKEY = 1\n",
         "db/__init__.py": "from handlers import clips\n",
         "handlers/__init__.py": "",
+        "handlers/streams.py": "from db import asyncpg as apg\n",
         "handlers/clips.py": "import asyncpg\nQUERY = 'SELECT id FROM clips'\n",
         "streaming/__init__.py": "from handlers.clips import QUERY\n",
         "gadgets/__init__.py": "",
@@ -229,6 +234,7 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
     assert cycles(tmp_path) == [["web.auth", "web.problems"]]
     assert driver_imports(tmp_path) == [
         "handlers/clips.py:1: handlers.clips imports asyncpg",
+        "handlers/streams.py:1: handlers.streams imports asyncpg",
         "utils/x.py:1: utils.x imports psycopg",
     ]
     assert sql_outside_the_data_layer(tmp_path) == ["handlers/clips.py:2: 'SELECT id FROM clips'"]
