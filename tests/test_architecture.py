@@ -33,6 +33,14 @@ LAYERS = (
     ("settings",),
 )
 DRIVERS = frozenset({"asyncpg", "psycopg", "yoyo"})
+# asyncpg's query methods (connection, pool, prepared statement): a call of
+# one outside db/ is a query written in a route, however the driver got there.
+DRIVER_CALLS = frozenset(
+    {
+        "fetch", "fetchrow", "fetchval", "execute", "executemany", "prepare",
+        "copy_records_to_table", "copy_from_query", "acquire", "transaction",
+    }
+)  # fmt: skip
 # Top-level folders that are not product code, whatever they hold: the suite,
 # the benchmark, yoyo migrations (which may be .py), the container and
 # monitoring files, uploaded media; dot-folders (.venv, .git, .ci) too. Every
@@ -171,6 +179,33 @@ def driver_imports(root: Path) -> list[str]:
     ]
 
 
+def aiohttp_prepare(call: ast.Call) -> bool:
+    """`response.prepare(request)`: aiohttp's StreamResponse.prepare, which
+    the byte path calls to send headers. The one driver-call name used
+    outside db/ (streaming/proxy.py, streaming/stored.py); asyncpg's
+    prepare takes a query, never the request."""
+    return (
+        getattr(call.func, "attr", None) == "prepare"
+        and len(call.args) == 1
+        and ast.unparse(call.args[0]).rpartition(".")[2] == "request"
+    )
+
+
+def driver_calls(root: Path) -> list[str]:
+    found = []
+    for name, path in product_modules(root).items():
+        if part_of(name) == "db":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", None) in DRIVER_CALLS
+                and not aiohttp_prepare(node)
+            ):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node.func)}()")
+    return found
+
+
 def sql_outside_the_data_layer(root: Path) -> list[str]:
     found = []
     for name, path in product_modules(root).items():
@@ -197,6 +232,10 @@ def test_only_the_data_layer_uses_the_database_drivers():
     assert driver_imports(ROOT) == []
 
 
+def test_only_the_data_layer_calls_the_drivers_query_methods():
+    assert driver_calls(ROOT) == []
+
+
 def test_sql_lives_in_sql_files_and_the_data_layer():
     assert sql_outside_the_data_layer(ROOT) == []
 
@@ -212,6 +251,11 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "db/__init__.py": "from handlers import clips\n",
         "handlers/__init__.py": "",
         "handlers/streams.py": "from db import asyncpg as apg\n",
+        "handlers/health.py": "async def ping(request, pool):\n"
+        "    await pool.fetchval(SQL['ping'], 1)\n"
+        "    async with pool.acquire() as conn:\n"
+        "        await conn.prepare('q')\n"
+        "    await request.app[RESPONSE].prepare(request)\n",
         "handlers/clips.py": "import asyncpg\nQUERY = 'SELECT id FROM clips'\n",
         "streaming/__init__.py": "from handlers.clips import QUERY\n",
         "gadgets/__init__.py": "",
@@ -237,4 +281,9 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "handlers/streams.py:1: handlers.streams imports asyncpg",
         "utils/x.py:1: utils.x imports psycopg",
     ]
+    assert driver_calls(tmp_path) == [
+        "handlers/health.py:2: pool.fetchval()",
+        "handlers/health.py:3: pool.acquire()",
+        "handlers/health.py:4: conn.prepare()",
+    ]  # but not aiohttp's response.prepare(request)
     assert sql_outside_the_data_layer(tmp_path) == ["handlers/clips.py:2: 'SELECT id FROM clips'"]
