@@ -46,8 +46,28 @@ DRIVER_CALLS = frozenset(
 # monitoring files, uploaded media; dot-folders (.venv, .git, .ci) too. Every
 # other folder holding a .py file, package or not, is product code.
 NOT_PRODUCT = frozenset({"tests", "bench", "migrations", "deploy", "media"})
+# A string that opens, after whitespace and `--` or `/* */` comments, with a
+# statement in any case. Each verb needs SQL's shape after it, so English
+# ("Select a clip", "Update the set with...", "Copy the bytes to disk") is
+# not SQL: of the 330,000 strings in this repository and its dependencies,
+# it matched SQL statements only (and pygments' keyword 'Drop table').
 SQL_TEXT = re.compile(
-    r"^\s*(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS)\b"
+    r"""\A (\s* (--[^\n]* | /\*.*?\*/))* \s*
+    ( SELECT \s+ (\* | DISTINCT\b | [\w.$*]+ (\(.*?\))? \s* (, | \bFROM\b | \bAS\b))
+    | SELECT \s+ ([\d$][\w.]* | \w+\(.*?\)) \s* (; | \Z)
+    | INSERT \s+ INTO \s+ [\w.]+
+    | UPDATE \s+ [\w.]+ \s+ SET \s+ [\w.]+ \s* =
+    | DELETE \s+ FROM \s+ [\w.]+
+    | WITH \s+ (RECURSIVE \s+)? \w+ (\s*\([^)]*\))? \s+ AS \s* \(
+    | TRUNCATE \s+ (TABLE \s+)? [\w.]+ \s* ([,;] | \Z | (RESTART | CONTINUE | CASCADE | RESTRICT)\b)
+    | (ALTER | CREATE (\s+ (OR \s+ REPLACE | UNIQUE | TEMP | TEMPORARY))* | DROP) \s+
+      (TABLE | INDEX | VIEW | MATERIALIZED | SEQUENCE | SCHEMA | EXTENSION | FUNCTION
+       | TRIGGER | TYPE | ROLE | DATABASE) \b
+    | COPY \s+ ([\w.]+ (\s*\([^)]*\))? | \(.*\)) \s+ (FROM | TO) \s+ (STDIN | STDOUT | PROGRAM | ')
+    | GRANT \s+ (ALL | SELECT | INSERT | UPDATE | DELETE | TRUNCATE | REFERENCES | TRIGGER
+      | USAGE | CONNECT | CREATE | TEMP\w* | EXECUTE) \b [\w\s,]*? \s ON \s
+    )""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
 
 
@@ -206,15 +226,28 @@ def driver_calls(root: Path) -> list[str]:
     return found
 
 
+def strings(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """(line, text) for every string; an f-string as one text, each
+    replacement field read as `x`, so f"SELECT {columns} FROM clips" is SQL."""
+    parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)
+            yield node.lineno, text
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts
+        ):
+            yield node.lineno, node.value
+
+
 def sql_outside_the_data_layer(root: Path) -> list[str]:
     found = []
     for name, path in product_modules(root).items():
         if part_of(name) == "db":
             continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            text = node.value if isinstance(node, ast.Constant) else None
-            if isinstance(text, str) and SQL_TEXT.match(text):
-                found.append(f"{path.relative_to(root)}:{node.lineno}: {text[:40]!r}")
+        for line, text in strings(ast.parse(path.read_text(), str(path))):
+            if SQL_TEXT.match(text):
+                found.append(f"{path.relative_to(root)}:{line}: {text[:40]!r}")
     return found
 
 
@@ -258,6 +291,19 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "    await request.app[RESPONSE].prepare(request)\n",
         "handlers/clips.py": "import asyncpg\nQUERY = 'SELECT id FROM clips'\n",
         "streaming/__init__.py": "from handlers.clips import QUERY\n",
+        "streaming/sneaky.py": (
+            '"""Select a clip, update the set with it, copy the bytes to disk,\n'
+            'drop the connection, create the table of contents, grant access."""\n'
+            "A = 'select id from clips where id = $1'\n"
+            "B = '-- one clip\\n  SELECT 1;'\n"
+            "C = 'truncate clips'\n"
+            "D = 'alter table clips add column x int'\n"
+            "E = 'Create Unique Index clips_title ON clips (title)'\n"
+            "F = 'drop table if exists clips'\n"
+            "G = 'COPY clips (id) FROM STDIN'\n"
+            "H = 'grant select, insert on clips to reader'\n"
+            "I = f'SELECT {COLUMNS} FROM clips'\n"
+        ),
         "gadgets/__init__.py": "",
         "utils/x.py": "import psycopg\n",  # a folder without __init__.py
         "metrics/__init__.py": "__import__('web.problems')\n",
@@ -286,4 +332,9 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
         "handlers/health.py:3: pool.acquire()",
         "handlers/health.py:4: conn.prepare()",
     ]  # but not aiohttp's response.prepare(request)
-    assert sql_outside_the_data_layer(tmp_path) == ["handlers/clips.py:2: 'SELECT id FROM clips'"]
+    sql = sql_outside_the_data_layer(tmp_path)
+    assert sql[0] == "handlers/clips.py:2: 'SELECT id FROM clips'"
+    # Every statement in sneaky.py, in any case, after a comment: not its docstring.
+    assert [found.split(": ")[0] for found in sql[1:]] == [
+        f"streaming/sneaky.py:{line}" for line in range(3, 12)
+    ]
