@@ -11,10 +11,16 @@ below it, and never from a sibling on its own row:
     db                          PostgreSQL (with sql/)
     settings                    every knob
 
-So settings imports nothing of ours, the data layer only itself and
-settings, the byte path no route, and nothing imports server. Besides: no
-import cycle anywhere, only the data layer touches the database drivers,
-and no module outside it holds SQL text. A failure names the rule.
+So the data layer imports only itself and settings, the byte path no
+route, and nothing imports server. Leaves import less than their row
+allows: settings, metrics and storage nothing of ours, schemas only db and
+settings. No import cycle anywhere. Only the data layer touches the
+database drivers: outside db/ no module imports one (re-exported or not),
+calls their query methods, or holds SQL text. Product code is server.py,
+settings.py and every top-level folder with .py files but NOT_PRODUCT's;
+each is a part in LAYERS. Imports include `__import__` and
+`importlib.import_module` of a literal name. A failure names the rule and
+the file:line.
 """
 
 import ast
@@ -32,6 +38,13 @@ LAYERS = (
     ("db",),
     ("settings",),
 )
+# Parts that import less of ours than their row allows: these only.
+LEAVES = {
+    "settings": frozenset(),
+    "metrics": frozenset(),
+    "storage": frozenset(),
+    "schemas": frozenset({"db", "settings"}),
+}
 DRIVERS = frozenset({"asyncpg", "psycopg", "yoyo"})
 # asyncpg's query methods (connection, pool, prepared statement): a call of
 # one outside db/ is a query written in a route, however the driver got there.
@@ -149,7 +162,22 @@ def layer_violations(root: Path) -> list[str]:
             allowed = ", ".join(p for row in LAYERS[rank[source] + 1 :] for p in row)
             problems.append(
                 f"{modules[importer].relative_to(root)}:{line}: {importer} imports {imported};"
-                f" {source} may import only {allowed or 'nothing of ours'}"
+                f" {source} may import {f'only {allowed}' if allowed else 'nothing of ours'}"
+            )
+    return problems
+
+
+def leaf_violations(root: Path) -> list[str]:
+    modules = product_modules(root)
+    ours = {part_of(module) for module in modules}
+    problems = []
+    for importer, imported, line in imports(modules):
+        source, target = part_of(importer), part_of(imported)
+        if source in LEAVES and target in ours - {source} - LEAVES[source]:
+            allowed = ", ".join(sorted(LEAVES[source]))
+            problems.append(
+                f"{modules[importer].relative_to(root)}:{line}: {importer} imports {imported};"
+                f" {source} may import {f'only {allowed}' if allowed else 'nothing of ours'}"
             )
     return problems
 
@@ -257,6 +285,12 @@ def test_layers_point_down():
     assert layer_violations(ROOT) == []
 
 
+def test_leaves_import_only_what_they_promise():
+    """settings, metrics and storage import nothing of ours; schemas only
+    db and settings."""
+    assert leaf_violations(ROOT) == []
+
+
 def test_no_import_cycles():
     assert cycles(ROOT) == []
 
@@ -305,6 +339,8 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
             "I = f'SELECT {COLUMNS} FROM clips'\n"
         ),
         "gadgets/__init__.py": "",
+        "storage/__init__.py": "import settings\n",
+        "schemas/__init__.py": "from db import POOL\nimport settings\n",
         "utils/x.py": "import psycopg\n",  # a folder without __init__.py
         "metrics/__init__.py": "__import__('web.problems')\n",
     }
@@ -321,6 +357,11 @@ def test_the_rules_catch_a_tree_that_breaks_them(tmp_path):
     assert "settings.py:3: settings imports db;" in broken
     assert "metrics/__init__.py:1: metrics imports web.problems;" in broken
     assert "server imports" not in broken  # server may import everything
+    leaves = "\n".join(leaf_violations(tmp_path))
+    assert "settings.py:3: settings imports db; settings may import nothing of ours" in leaves
+    assert "metrics/__init__.py:1: metrics imports web.problems; metrics may" in leaves
+    assert "storage/__init__.py:1: storage imports settings; storage may import nothing" in leaves
+    assert "schemas" not in leaves  # schemas may import db and settings
     assert cycles(tmp_path) == [["web.auth", "web.problems"]]
     assert driver_imports(tmp_path) == [
         "handlers/clips.py:1: handlers.clips imports asyncpg",
