@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from tests.support import free_port, wait_until
+from tests.test_architecture import LAYERS
 
 ROOT = Path(__file__).resolve().parent.parent
 # docker-compose and hadolint come from requirements-dev.txt (PyPI
@@ -144,6 +145,67 @@ def test_dockerfile_passes_hadolint():
     result = run(TOOLS / "hadolint", "--no-color", ROOT / "Dockerfile", cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == ""  # not even an info-level finding
+
+
+# What the image needs besides the code: the queries db/ loads, the migrations.
+IMAGE_DATA = ("sql", "migrations")
+
+
+def image_gaps(root: Path, parts: list[str]) -> list[str]:
+    """Each of `parts` (server.py or a folder), and IMAGE_DATA, that the
+    Dockerfile does not COPY or compile, or .dockerignore's allowlist keeps
+    out of the build context."""
+    lines = (root / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    compiling = next(line for line in lines if "compileall" in line)
+    ignore = (root / ".dockerignore").read_text().splitlines()
+    places = {
+        "Dockerfile's COPY lines": {
+            source.rstrip("/")
+            for line in lines
+            if line.startswith("COPY ") and "--from=" not in line
+            for source in line.split()[1:-1]
+        },
+        "Dockerfile's compileall": {
+            *compiling.split("compileall", 1)[1].split("&&")[0].split(),
+            *IMAGE_DATA,  # nothing to compile
+        },
+        ".dockerignore's allowlist": {line[1:].rstrip("/") for line in ignore if line[:1] == "!"},
+    }
+    names = [f"{part}.py" if (root / f"{part}.py").is_file() else part for part in parts]
+    return [
+        f"{name} is not in the {place}"
+        for name in [*names, *IMAGE_DATA]
+        for place, listed in places.items()
+        if name not in listed
+    ]
+
+
+def test_the_image_holds_every_part_of_the_product():
+    """Every part in LAYERS (and sql/, migrations/) is copied into the
+    image, compiled there and let through .dockerignore: a new part left
+    out fails here, not in the container."""
+    assert image_gaps(ROOT, [part for row in LAYERS for part in row]) == []
+
+
+def test_the_image_check_catches_a_part_left_out(tmp_path):
+    (tmp_path / "server.py").touch()
+    (tmp_path / "Dockerfile").write_text(
+        "FROM python AS builder\n"
+        "COPY --from=builder /opt/venv /opt/venv\n"
+        "COPY server.py ./\n"
+        "COPY web/ web/\n"
+        "COPY sql/ sql/\n"
+        "RUN python -m compileall -q server.py \\\n    && mkdir media\n"
+    )
+    (tmp_path / ".dockerignore").write_text("*\n!server.py\n!gadgets/\n!sql/\n")
+    assert image_gaps(tmp_path, ["server", "web", "gadgets"]) == [
+        "web is not in the Dockerfile's compileall",
+        "web is not in the .dockerignore's allowlist",
+        "gadgets is not in the Dockerfile's COPY lines",
+        "gadgets is not in the Dockerfile's compileall",
+        "migrations is not in the Dockerfile's COPY lines",
+        "migrations is not in the .dockerignore's allowlist",
+    ]
 
 
 # --- The image's steps, outside an image ----------------------------------------
