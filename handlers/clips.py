@@ -18,6 +18,7 @@ from storage import MEDIA_STORE
 from streaming.uploads import UPLOADS
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.auth import ACCESS, STREAM_ROUTE
+from web.conditions import entity_tags
 from web.pagination import decode_cursor, encode_cursor, next_link
 from web.params import parse_id, parse_json, parse_query, validate
 from web.problems import Problem
@@ -61,11 +62,12 @@ def etag(clip: Row) -> str:
 def check_version(request: web.Request, clip: Row) -> None:
     """If-Match: change the clip only if nobody changed it since: any listed
     entity tag matching strongly, or `*` (RFC 9110 §13.1.1; weak tags never
-    match)."""
-    listed = request.if_match
+    match). Every If-Match line counts: they are one list (web/conditions.py);
+    an empty or malformed one matches nothing."""
+    listed = entity_tags(request, "If-Match")
     current = etag(clip).strip('"')
     if listed is not None and not any(
-        tag.value == "*" or (not tag.is_weak and tag.value == current) for tag in listed
+        tag.any or (not tag.weak and tag.value == current) for tag in listed
     ):
         raise Problem(
             412, "The clip changed since you read it; fetch it again", headers={"ETag": etag(clip)}

@@ -47,14 +47,19 @@ from streaming.plays import (
     record_play,
     tracked,
 )
-from streaming.ranges import ByteRange, content_range, if_range_holds, not_modified
+from streaming.ranges import (
+    ByteRange,
+    content_range,
+    if_range_holds,
+    modified_since,
+    not_modified,
+)
 from streaming.upstream import UPSTREAM, UpstreamBusy, UpstreamRefused
+from web.conditions import entity_tags, field_value, single_value
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
 
-# Conditional request headers passed to the origin (If-Range goes with Range).
-FORWARD_REQUEST = ("If-None-Match", "If-Modified-Since")
 VALIDATORS = ("ETag", "Last-Modified")
 # Seconds a listener refused for want of an origin connection should wait:
 # streams end, and stalled listeners are dropped, all the time.
@@ -62,7 +67,20 @@ BUSY_RETRY_AFTER = 5
 
 
 def revalidates(request: web.Request) -> bool:
-    return "If-None-Match" in request.headers or "If-Modified-Since" in request.headers
+    """A conditional GET: a cache asking whether its copy is still current."""
+    return bool(entity_tags(request, "If-None-Match")) or modified_since(request) is not None
+
+
+def conditions(request: web.Request) -> dict[str, str]:
+    """The conditional headers passed to the origin, each as one line (the
+    client's lines combined; an If-Modified-Since sent twice is ignored).
+    If-Range is decided here (send_remote)."""
+    forwarded = {}
+    if (tags := field_value(request, "If-None-Match")) is not None:
+        forwarded["If-None-Match"] = tags
+    if (since := single_value(request, "If-Modified-Since")) is not None:
+        forwarded["If-Modified-Since"] = since
+    return forwarded
 
 
 def is_probe(wanted: ByteRange | None) -> bool:
@@ -91,7 +109,7 @@ async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse
 async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     request[STREAM_SOURCE] = "remote"
     wanted = request[STREAM_RANGE]
-    headers = {name: request.headers[name] for name in FORWARD_REQUEST if name in request.headers}
+    headers = conditions(request)
     if wanted is not None and "If-Range" not in request.headers and wanted.suffix != 0:
         headers["Range"] = wanted.header()
     # `bytes=-0` is unsatisfiable whatever the size, but origins differ on

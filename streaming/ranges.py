@@ -11,6 +11,13 @@ satisfied (it starts past the end, or `bytes=-0`) is a 416 naming the
 size. `If-Range` holds only for a strong entity tag that matches exactly,
 or a date equal to Last-Modified (§13.1.5); otherwise the whole
 representation is sent.
+
+Every field is read with all its lines (web/conditions.py): several
+`Range` lines make one value with several ranges (ignored), several
+`If-None-Match` lines one list, and a field that takes one value
+(`If-Range`, `If-Modified-Since`) sent twice is invalid: an `If-Range`
+that cannot be read does not hold, and such an `If-Modified-Since` is
+ignored (§13.1.3).
 """
 
 import re
@@ -20,6 +27,7 @@ from email.utils import parsedate_to_datetime
 
 from aiohttp import web
 
+from web.conditions import entity_tags, field_value, single_value
 from web.problems import Problem
 
 # ASCII digits only (`\d` alone also matches other scripts' digits), and
@@ -73,7 +81,7 @@ def unsatisfiable(wanted: ByteRange, size: int) -> Problem:
 def requested_range(request: web.Request) -> ByteRange | None:
     """The single byte range a request asks for, or None for the whole
     representation (no Range, or one that is ignored: see above)."""
-    header = request.headers.get("Range")
+    header = field_value(request, "Range")
     if header is None or request.method != "GET":
         return None
     unit, _, spec = header.partition("=")
@@ -93,10 +101,9 @@ def requested_range(request: web.Request) -> ByteRange | None:
 def if_range_holds(request: web.Request, etag: str | None, last_modified: str | None) -> bool:
     """Whether a range may be sent: no If-Range, or it names this very
     version. `etag` and `last_modified` are the header values as sent."""
-    value = request.headers.get("If-Range")
-    if value is None:
+    if "If-Range" not in request.headers:
         return True
-    value = value.strip()
+    value = (single_value(request, "If-Range") or "").strip()
     if value.startswith(('"', "W/")):
         return etag is not None and not etag.startswith("W/") and value == etag.strip()
     return http_date(value) is not None and http_date(value) == http_date(last_modified)
@@ -112,12 +119,18 @@ def http_date(value: str | None) -> datetime | None:
 
 
 def not_modified(request: web.Request, etag: str, last_modified: str | None) -> bool:
-    """If-None-Match (weak comparison), else If-Modified-Since (§13.1.2-3)."""
-    if (tags := request.if_none_match) is not None:
+    """If-None-Match (weak comparison; an empty or malformed list matches
+    nothing), else If-Modified-Since (§13.1.2-3)."""
+    if (tags := entity_tags(request, "If-None-Match")) is not None:
         current = etag.removeprefix("W/").strip('"')
-        return any(tag.value in ("*", current) for tag in tags)
-    since, modified = http_date(request.headers.get("If-Modified-Since")), http_date(last_modified)
+        return any(tag.any or tag.value == current for tag in tags)
+    since, modified = modified_since(request), http_date(last_modified)
     return since is not None and modified is not None and modified <= since
+
+
+def modified_since(request: web.Request) -> datetime | None:
+    """If-Modified-Since, when it is one valid date (else it is ignored)."""
+    return http_date(single_value(request, "If-Modified-Since"))
 
 
 def content_range(value: str | None) -> tuple[int, int, int | None] | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from db import POOL
 from db.clips import get_clip
@@ -408,6 +409,96 @@ async def test_an_origins_cache_control_is_never_weakened(
     response = await client.get(f"/clips/{clip_id}/stream")
     assert response.status == 200
     assert response.headers.getall("Cache-Control") == ["no-store"]
+
+
+# --- Repeated header lines are one list (RFC 9110 §5.3) -------------------------
+
+
+@pytest.fixture
+async def three(make_clip, origins):
+    """The same bytes stored, on an origin honouring Range and conditional
+    requests, and on one ignoring both."""
+    return {
+        "stored": await make_clip(media_path="big.mp3"),
+        **{
+            kind: await make_clip(audio_url=str(origins.make_url(f"/{kind}/big.mp3")))
+            for kind in ("ranged", "ignoring")
+        },
+    }
+
+
+async def test_if_match_lines_are_one_list(client, make_clip, subtests):
+    clip_id = await make_clip(audio_url="https://cdn.example.invalid/a.mp3")
+    for lines, status in [
+        (['"zzz"', "{current}"], 200),
+        (["{current}", '"zzz"'], 200),
+        (['"zzz"', '"yyy"'], 412),
+        (['"zzz"', "W/{current}"], 412),
+        ([""], 412),  # an empty list matches nothing
+        (["", "{current}"], 200),  # empty elements are allowed in a list
+        (['"zzz"', "*"], 412),  # `*` in a list is no valid field: nothing matches
+    ]:
+        with subtests.test(lines=lines):
+            current = (await client.get(f"/clips/{clip_id}")).headers["ETag"]
+            response = await client.patch(
+                f"/clips/{clip_id}",
+                json={"description": repr(lines)},
+                headers=CIMultiDict(("If-Match", line.format(current=current)) for line in lines),
+            )
+            assert response.status == status, await response.text()
+            body = await (await client.get(f"/clips/{clip_id}")).json()
+            assert (body["description"] == repr(lines)) == (status == 200)
+
+
+@pytest.mark.parametrize("source", ["stored", "ranged", "ignoring"])
+async def test_if_none_match_lines_are_one_list(client, three, app, source, subtests):
+    url = f"/clips/{three[source]}/stream"
+    etag = (await client.head(url)).headers["ETag"]
+    for lines, status in [
+        (['"x"', etag], 304),
+        ([etag, '"x"'], 304),
+        (['"x"', '"y"'], 200),
+        ([""], 200),  # matches nothing: the clip, and a play
+    ]:
+        with subtests.test(lines=lines):
+            before = await play_count(app, three[source])
+            response = await client.get(
+                url, headers=CIMultiDict(("If-None-Match", line) for line in lines)
+            )
+            assert response.status == status
+            assert await play_count(app, three[source]) - before == (status == 200)
+
+
+@pytest.mark.parametrize("source", ["stored", "ranged", "ignoring"])
+async def test_single_valued_fields_sent_twice_are_invalid(
+    client, three, app, audio_dir, source, subtests
+):
+    """Two `Range` lines are one value with two ranges (ignored: the whole
+    clip, a play); two `If-Range` lines cannot name one version (the whole
+    clip); two `If-Modified-Since` lines are ignored (§13.1.3)."""
+    audio = (audio_dir / "big.mp3").read_bytes()
+    url = f"/clips/{three[source]}/stream"
+    current = (await client.head(url)).headers
+    for lines, plays in [
+        ([("Range", "bytes=0-99"), ("Range", "bytes=100-199")], 1),
+        ([("Range", f"bytes={SEEK}-"), ("Range", f"bytes={SEEK}-")], 1),
+        (
+            [
+                ("Range", f"bytes={SEEK}-"),
+                ("If-Range", current["ETag"]),
+                ("If-Range", current["ETag"]),
+            ],
+            0,  # a seek whose If-Range fails: all of it, not a play (README table)
+        ),
+        ([("If-Modified-Since", current["Last-Modified"])] * 2, 1),
+    ]:
+        with subtests.test(lines=lines):
+            before = await play_count(app, three[source])
+            response = await client.get(url, headers=CIMultiDict(lines))
+            assert response.status == 200
+            check_stream_headers(response)
+            await check_bytes(response, audio)
+            assert await play_count(app, three[source]) - before == plays
 
 
 # --- If-Match lists (RFC 9110 §13.1.1) ----------------------------------------
