@@ -15,7 +15,14 @@ error, and the play rule (streaming/plays.py) sees the truth:
   not ask for. Audio is compressed already; an origin gzipping it is
   misconfigured.
 - An empty body is refused with 502 before anything is sent: nothing was
-  played.
+  played. So is a body whose first bytes do not come within
+  UPSTREAM_HEADERS_TIMEOUT (504): see `first_bytes`.
+- A 206 is passed on only when it answers what was asked, and its headers
+  agree with each other (`checked_part`): the range sent (or, when the
+  whole body was asked for, all of it, then answered as a 200), and a
+  Content-Length equal to its Content-Range's span. Anything else is a
+  502 before anything is sent: a listener's headers and bytes must never
+  disagree, and the play rule reads those headers.
 - Content-Type is always audio (streaming/headers.py), with the stream
   headers every source carries.
 
@@ -35,7 +42,7 @@ from aiohttp import web
 
 from db.clips import Row
 from metrics.registry import METRICS
-from settings import SETTINGS
+from settings import SETTINGS, Settings
 from streaming.headers import STREAM_HEADERS, audio_type
 from streaming.plays import (
     MIN_PLAY_BYTES,
@@ -83,6 +90,15 @@ def conditions(request: web.Request) -> dict[str, str]:
     return forwarded
 
 
+def range_to_ask(request: web.Request) -> ByteRange | None:
+    """The range asked of the origin: the listener's, except that with
+    If-Range, or for `bytes=-0`, the whole body is asked for (send_remote)."""
+    wanted = request[STREAM_RANGE]
+    if wanted is None or "If-Range" in request.headers or wanted.suffix == 0:
+        return None
+    return wanted
+
+
 def is_probe(wanted: ByteRange | None) -> bool:
     """A player's probe: a short range from byte 0 (Safari's `bytes=0-1`)."""
     if wanted is None or not wanted.from_start or wanted.last is None:
@@ -108,10 +124,9 @@ async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse
 
 async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     request[STREAM_SOURCE] = "remote"
-    wanted = request[STREAM_RANGE]
     headers = conditions(request)
-    if wanted is not None and "If-Range" not in request.headers and wanted.suffix != 0:
-        headers["Range"] = wanted.header()
+    if (asked := range_to_ask(request)) is not None:
+        headers["Range"] = asked.header()
     # `bytes=-0` is unsatisfiable whatever the size, but origins differ on
     # it: ask for the whole body and let the 416 be decided here. With
     # If-Range the whole body is asked for too, and the condition decided
@@ -141,7 +156,7 @@ async def send_from_origin(
         part = Part.of(request, origin, clip)
         first = b""
         if request.method == "GET" and part.status != 304:
-            first = await part.first_bytes(origin, chunk_bytes)
+            first = await part.first_bytes(origin, chunk_bytes, request.app[SETTINGS])
         response = web.StreamResponse(status=part.status, headers=part.headers)
         if part.length is not None and part.status != 304:
             response.content_length = part.length
@@ -204,7 +219,8 @@ class Part:
     @classmethod
     def of(cls, request: web.Request, origin: aiohttp.ClientResponse, clip: Row) -> "Part":
         """Raises a problem for an answer that cannot be passed on."""
-        if origin.status == 416:
+        asked = range_to_ask(request)
+        if origin.status == 416 and asked is not None:
             raise Problem(
                 416,
                 f"Range {request.headers.get('Range', '')[:100]!r} is outside the audio",
@@ -212,6 +228,7 @@ class Part:
             )
         if origin.status not in (200, 206, 304):
             raise Problem(502, f"The clip's audio origin answered {origin.status}")
+        status, length = origin.status, origin.content_length
         coding = origin.headers.get("Content-Encoding", "identity").strip().lower()
         if coding not in ("", "identity"):
             raise Problem(502, f"The clip's audio origin sent an encoded body ({coding[:40]})")
@@ -220,23 +237,22 @@ class Part:
             "Content-Type": audio_type(origin.headers.get("Content-Type"), clip["content_type"]),
             **{k: origin.headers[k] for k in VALIDATORS if k in origin.headers},
         }
-        length = origin.content_length
-        if length == 0 and origin.status != 304:
+        if length == 0 and status != 304:
             raise Problem(502, "The clip's audio origin sent an empty body")
+        if status == 206:
+            sent = checked_part(asked, origin.headers.get("Content-Range"), length)
+            if asked is None:
+                status, length = 200, sent[2]  # all of it, as checked_part proved
         etag, modified = origin.headers.get("ETag"), origin.headers.get("Last-Modified")
-        if origin.status == 304 or (
-            origin.status == 200 and etag and not_modified(request, etag, modified)
-        ):
+        if status == 304 or (status == 200 and etag and not_modified(request, etag, modified)):
             # The origin's 304, or one it should have sent: it ignored the
             # conditional request, and the listener's copy is current.
             return cls(304, headers)
-        if origin.status == 206:
-            sent = content_range(origin.headers.get("Content-Range"))
-            if sent is None:
-                raise Problem(502, "The clip's audio origin sent a part without its range")
+        if status == 206:
             headers["Content-Range"] = origin.headers["Content-Range"]
             headers["Accept-Ranges"] = "bytes"
-            return cls(206, headers, length=sent[1] - sent[0] + 1, limit=sent[1] - sent[0] + 1)
+            count = sent[1] - sent[0] + 1
+            return cls(206, headers, length=count, limit=count)
         # 200: the whole body, whatever was asked. Cut the range here when
         # it can be done right.
         headers["Accept-Ranges"] = "bytes" if length is not None else "none"
@@ -253,10 +269,33 @@ class Part:
             return cls(206, headers, skip=0, limit=wanted.last + 1)
         return cls(200, headers)
 
-    async def first_bytes(self, origin: aiohttp.ClientResponse, chunk_bytes: int) -> bytes:
+    async def first_bytes(
+        self, origin: aiohttp.ClientResponse, chunk_bytes: int, settings: Settings
+    ) -> bytes:
         """The body's first bytes, read before anything is sent: an empty
         body is a 502, not a play. For a part of unknown length (a probe
-        cut here), all of it, so that its Content-Range can be told."""
+        cut here), all of it, so that its Content-Range can be told.
+
+        All within UPSTREAM_HEADERS_TIMEOUT, then 504: until they are in,
+        the listener has no headers, so to it the origin has not answered
+        yet, and a player waiting for a response is owed the same bound as
+        for the origin's headers. The stream's longest life (minutes) is
+        for a listener already receiving audio, and the per-read timeout
+        never trips on a trickle. A probe is under 64 KiB: an origin that
+        cannot send that in 10 s could not keep up with a 64 kbit/s stream.
+        """
+        try:
+            async with asyncio.timeout(settings.upstream_headers_timeout):
+                return await self._first_bytes(origin, chunk_bytes)
+        except TimeoutError:  # aiohttp's read timeout is one too
+            raise Problem(504, "The clip's audio origin did not send its audio in time") from None
+        except aiohttp.ClientError as error:
+            reason = type(error).__name__
+            raise Problem(
+                502, f"The clip's audio origin failed before its audio ({reason})"
+            ) from None
+
+    async def _first_bytes(self, origin: aiohttp.ClientResponse, chunk_bytes: int) -> bytes:
         if self.length is not None or self.status == 200:
             first = await origin.content.read(chunk_bytes)
         else:
@@ -290,6 +329,41 @@ class Part:
                 chunk = await origin.content.read(chunk_bytes)
         if limit:
             raise aiohttp.ClientPayloadError(f"the origin's body ended {limit} bytes short")
+
+
+def checked_part(
+    asked: ByteRange | None, value: str | None, length: int | None
+) -> tuple[int, int, int | None]:
+    """(first, last, size) of an origin's 206, when it answers `asked`
+    (None: the whole body was asked for) and its Content-Length agrees;
+    else a 502. A part may end before the range asked for does (an origin
+    may cap a range; players ask on from where it ended), but must start
+    where asked; a suffix must be the last min(N, size) bytes; a part for
+    a request of the whole body must be all of it."""
+    sent = content_range(value)
+    if sent is None:
+        raise Problem(502, "The clip's audio origin sent a part without a valid range")
+    first, last, size = sent
+    if length is not None and length != last - first + 1:
+        raise Problem(
+            502,
+            f"The clip's audio origin sent a part of {last - first + 1} bytes "
+            f"(bytes {first}-{last}) with a Content-Length of {length}",
+        )
+    if asked is None:
+        answers = first == 0 and size is not None and last == size - 1
+    elif asked.first is None:
+        answers = (
+            size is not None and last == size - 1 and last + 1 - first == min(asked.suffix, size)
+        )
+    else:
+        answers = first == asked.first and (asked.last is None or last <= asked.last)
+    if not answers:
+        what = "all of it" if asked is None else asked.header()
+        raise Problem(
+            502, f"The clip's audio origin sent bytes {first}-{last} when asked for {what}"
+        )
+    return sent
 
 
 async def pipe(

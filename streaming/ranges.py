@@ -134,8 +134,13 @@ def modified_since(request: web.Request) -> datetime | None:
 
 
 def content_range(value: str | None) -> tuple[int, int, int | None] | None:
-    """(first, last, size or None) of a `Content-Range: bytes a-b/c` value."""
+    """(first, last, size or None) of a `Content-Range: bytes a-b/c` value;
+    None unless it is one (last before first, or at or past the size, is
+    not)."""
     match = _CONTENT_RANGE.fullmatch((value or "").strip())
-    if match is None or int(match[2]) < int(match[1]):
+    if match is None:
         return None
-    return int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
+    first, last, size = int(match[1]), int(match[2]), None if match[3] == "*" else int(match[3])
+    if last < first or (size is not None and last >= size):
+        return None
+    return first, last, size

@@ -13,6 +13,7 @@ source and mode. The sequences that a real Chromium produces are also run
 in one (the end of this file).
 """
 
+import asyncio
 import gzip
 import io
 import re
@@ -27,9 +28,11 @@ from db import POOL
 from db.clips import get_clip
 from db.plays import PLAYS
 from tests.browser import AUDIO_STATE
+from tests.support import read_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEK = 1024 * 1024  # Chromium aligns a far seek to 32 KiB: `bytes=1048576-`
+SIZE = 3 * 1024 * 1024 + 17  # big.mp3
 
 # --- Origins as they exist -------------------------------------------------
 
@@ -82,6 +85,37 @@ def origins_app(audio_dir: Path) -> web.Application:
         await response.write_eof()
         return response
 
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        """No length, then one byte a second: forever, for a listener."""
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for byte in data(request):
+            await response.write(bytes([byte]))
+            await asyncio.sleep(1)
+        return response
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        """Headers with a length, then not a byte."""
+        response = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
+        response.content_length = 1000
+        await response.prepare(request)
+        await asyncio.Event().wait()
+        return response
+
+    async def part(request: web.Request) -> web.Response:
+        """206 with `Content-Range: bytes {first}-{last}/{size}` whatever was
+        asked, and the bytes it names, or only `length` of them."""
+        body = data(request)
+        first, last = int(request.query["first"]), int(request.query["last"])
+        sent = body[first : last + 1][: int(request.query.get("length", len(body)))]
+        return web.Response(
+            status=206,
+            body=sent,
+            content_type="audio/mpeg",
+            headers={"Content-Range": f"bytes {first}-{last}/{len(body)}"},
+        )
+
     app = web.Application()
     for kind, handler in {
         "ranged": ranged,
@@ -92,6 +126,9 @@ def origins_app(audio_dir: Path) -> web.Application:
         "gzip": gzipped,
         "empty": empty,
         "chunked": chunked,
+        "trickle": trickle,
+        "silent": silent,
+        "part": part,
     }.items():
         app.router.add_get(f"/{kind}/{{name}}", handler)
     return app
@@ -409,6 +446,95 @@ async def test_an_origins_cache_control_is_never_weakened(
     response = await client.get(f"/clips/{clip_id}/stream")
     assert response.status == 200
     assert response.headers.getall("Cache-Control") == ["no-store"]
+
+
+# --- Origins whose first bytes never come -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/trickle/big.mp3", {"Range": "bytes=0-99"}),  # a probe, cut here: 100 bytes in 100 s
+        ("/trickle/big.mp3", {"Range": "bytes=0-1"}),  # Safari's, 2 s
+        ("/silent/big.mp3", {}),  # headers, then nothing
+    ],
+)
+async def test_first_bytes_that_do_not_come_in_time_are_504(
+    client, make_clip, origins, app, path, headers
+):
+    """Before the first byte is sent the listener has no headers: the
+    origin's first bytes get UPSTREAM_HEADERS_TIMEOUT (1 s in tests), not
+    the stream's minutes, and a trickle never trips the per-read timeout."""
+    clip_id = await make_clip(audio_url=str(origins.make_url(path)), duration_seconds=600)
+    async with asyncio.timeout(5):
+        body = await read_problem(
+            await client.get(f"/clips/{clip_id}/stream", headers=headers), 504
+        )
+    assert "in time" in body["detail"]
+    assert await play_count(app, clip_id) == 0
+
+
+# --- A 206 must answer what was asked, and agree with itself -------------------
+
+
+def part(first: int, last: int, length: int | None = None) -> str:
+    """The path of an origin answering 206 `bytes first-last/SIZE`, with
+    that slice of big.mp3 or only its first `length` bytes."""
+    query = f"first={first}&last={last}" + ("" if length is None else f"&length={length}")
+    return f"/part/big.mp3?{query}"
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "path", "status", "plays"),
+    [
+        # The range and the length disagree: Content-Length 1000, 100,000 declared.
+        ("GET", {"Range": "bytes=0-"}, part(0, 99_999, length=1000), 502, 0),
+        ("GET", {}, part(0, 99_999, length=1000), 502, 0),
+        ("GET", {"Range": "bytes=0-"}, part(0, SIZE), 502, 0),  # past the end
+        # Not what was asked.
+        ("GET", {"Range": f"bytes={SEEK}-"}, part(0, SIZE - 1), 502, 0),
+        ("GET", {"Range": "bytes=1000-1999"}, part(1000, 2999), 502, 0),
+        ("GET", {"Range": "bytes=1000-1999"}, part(999, 1999), 502, 0),
+        ("GET", {"Range": "bytes=-1000"}, part(0, 999), 502, 0),
+        ("GET", {"Range": "bytes=-1000"}, part(SIZE - 1001, SIZE - 2), 502, 0),
+        ("GET", {"Range": "bytes=-1000"}, part(SIZE - 2000, SIZE - 1), 502, 0),
+        # A part when the app asked for the whole body.
+        ("GET", {}, part(0, 99), 502, 0),
+        ("HEAD", {}, part(0, 99), 502, 0),
+        ("GET", {"Range": "bytes=-0"}, part(0, 99), 502, 0),
+        ("GET", {"Range": f"bytes={SEEK}-", "If-Range": '"stale"'}, part(SEEK, SIZE - 1), 502, 0),
+        # What was asked, so passed on.
+        ("GET", {"Range": "bytes=-1000"}, part(SIZE - 1000, SIZE - 1), 206, 0),
+        ("GET", {"Range": "bytes=-99999999"}, part(0, SIZE - 1), 206, 0),
+        ("GET", {"Range": f"bytes={SEEK}-"}, part(SEEK, SIZE - 1), 206, 0),
+        ("GET", {"Range": "bytes=0-"}, part(0, 99_999), 206, 1),  # capped early: allowed
+        # All of it as a part, when all was asked: a 200.
+        ("GET", {}, part(0, SIZE - 1), 200, 1),
+        ("HEAD", {}, part(0, SIZE - 1), 200, 0),
+        ("GET", {"Range": "bytes=-0"}, part(0, SIZE - 1), 416, 0),
+        ("GET", {"Range": f"bytes={SEEK}-", "If-Range": '"stale"'}, part(0, SIZE - 1), 200, 0),
+    ],
+)
+async def test_an_origins_part_is_checked_against_the_request(
+    client, make_clip, origins, app, audio_dir, method, headers, path, status, plays
+):
+    audio = (audio_dir / "big.mp3").read_bytes()
+    clip_id = await make_clip(audio_url=str(origins.make_url(path)))
+    response = await client.request(method, f"/clips/{clip_id}/stream", headers=headers)
+    if status in (200, 206):
+        assert response.status == status, await response.text()
+        check_stream_headers(response)
+        if method == "GET":
+            await check_bytes(response, audio)
+        else:
+            assert response.headers["Content-Length"] == str(SIZE)
+            assert "Content-Range" not in response.headers
+    elif method == "GET":
+        await read_problem(response, status)
+    else:
+        assert response.status == status
+        assert response.content_type == "application/problem+json"
+    assert await play_count(app, clip_id) == plays
 
 
 # --- Repeated header lines are one list (RFC 9110 §5.3) -------------------------
