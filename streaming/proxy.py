@@ -112,8 +112,9 @@ async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse
     A probe is answered here from the origin (a few bytes): Safari and iOS
     send every request after a redirect to its target (whatwg/fetch#145),
     so redirecting the probe would take the real request, and its play,
-    away from this URL. A conditional GET is a cache revalidating what it
-    has, answered 304 when unchanged: never a play, as in proxy mode."""
+    away from this URL. A conditional GET is a cache revalidating a copy
+    it holds, and never a play here: the app cannot see whether the origin
+    answers 304 or the clip (proxy mode sees it, and counts a 200)."""
     wanted = request[STREAM_RANGE]
     if request.method == "GET" and is_probe(wanted):
         return await send_remote(request, clip)

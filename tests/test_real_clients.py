@@ -320,14 +320,17 @@ async def test_the_readme_play_table_holds_for_every_source(
             with subtests.test(method=method, headers=headers, source=source):
                 before = await play_count(client.server.app, clip_id)
                 url = f"/clips/{clip_id}/stream"
-                if "If-None-Match" in headers:
+                sent = headers
+                if headers.get("If-None-Match") == "<its ETag>":
                     etag = (await client.head(url, allow_redirects=False)).headers.get("ETag")
-                    headers = {"If-None-Match": etag or '"redirected"'}
-                response = await client.request(method, url, headers=headers, allow_redirects=False)
-                if mode == "redirect" and source != "stored" and not is_probe(headers):
+                    sent = {"If-None-Match": etag or '"redirected"'}
+                response = await client.request(method, url, headers=sent, allow_redirects=False)
+                if mode == "redirect" and source != "stored" and not is_probe(sent):
                     # Played from the origin: the app redirects and the
-                    # request alone decides (README).
+                    # request alone decides (README), and a conditional GET
+                    # is a cache revalidating its copy: never a play.
                     assert response.status == 302, response.headers
+                    play = play and not {"If-None-Match", "If-Modified-Since"} & sent.keys()
                 else:
                     assert response.status == status, response.headers
                     if status in (200, 206) and method == "GET":
@@ -408,6 +411,18 @@ async def test_head_ignores_range_and_counts_nothing(client, both, app, source):
     assert response.headers["Content-Length"] == str(3 * 1024 * 1024 + 17)
     assert "Content-Range" not in response.headers
     assert await play_count(app, both[source]) == 0
+
+
+async def test_head_tells_only_what_the_origins_head_says(client, make_clip, origins, app):
+    """README ("Streaming"): HEAD is not a download; the empty body is
+    found by GET."""
+    clip_id = await make_clip(audio_url=str(origins.make_url("/chunked/nothing")))
+    head = await client.head(f"/clips/{clip_id}/stream")
+    assert head.status == 200
+    assert "Content-Length" not in head.headers
+    check_stream_headers(head)
+    await read_problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    assert await play_count(app, clip_id) == 0
 
 
 # --- Origins that lie ----------------------------------------------------------
