@@ -199,7 +199,11 @@ field_values = st.lists(st.sampled_from(FIELD_BYTES), max_size=40).map(bytes)
 numbers = st.one_of(
     st.integers(min_value=0).map(str),
     st.text(alphabet="0123456789²³¹٣۷०", min_size=1, max_size=30),
-    st.integers(min_value=19, max_value=6000).map(lambda n: "9" * n),
+    # Past 64 bits (int()'s 4,300-digit limit is the examples' above), short
+    # enough that an id and two query values stay under aiohttp's 8 KiB
+    # request line (past it the parser answers a plain 400 before the app:
+    # README, Errors).
+    st.integers(min_value=19, max_value=2600).map(lambda n: "9" * n),
 )
 query_values = st.one_of(
     numbers.map(lambda text: quote_from_bytes(text.encode())),
@@ -251,7 +255,7 @@ async def test_no_header_query_or_id_on_the_access_paths_is_a_500(
     clip_id = await make_clip(media_path="small.mp3")
     loop = asyncio.get_running_loop()
 
-    @hypothesis.settings(max_examples=120, deadline=None, database=None)
+    @hypothesis.settings(max_examples=120, deadline=None, database=None, derandomize=True)
     @hypothesis.example(request=(b"GET", b"/clips/1/stream?exp=%C2%B2&sig=x", []))
     @hypothesis.example(request=(b"GET", b"/clips", NOT_UTF8))
     @hypothesis.example(request=(b"GET", b"/metrics", [(b"Authorization", b"Bearer \xff")]))
