@@ -5,9 +5,14 @@ default (0). Turned on, it is the podcast industry's kind of
 anti-inflation rule (IAB Podcast Measurement Guidelines: one download per
 listener and episode in a window): the plays of one clip by one listener
 within the window after a counted play count once, so a script that opens
-the stream URL and hangs up, again and again, adds one play per window.
+the stream URL and hangs up, again and again, from one address with one
+User-Agent, adds one play per window. It is a measurement rule, not a
+defence: a client that changes its User-Agent (or its address) on every
+request is a new listener each time, as the guidelines' own identity is.
 
-A listener is its address and User-Agent. Behind a reverse proxy every
+A listener is its address and User-Agent (kept as a 16-byte digest, so an
+entry's size does not depend on what the client sends; expired entries are
+dropped as new plays arrive). Behind a reverse proxy every
 request comes from the proxy: the address is then read from
 X-Forwarded-For, parsed by aiohttp-remotes, but only when the peer is in
 TRUSTED_PROXIES; otherwise the header is the client's own say and is
@@ -19,6 +24,7 @@ forgotten first): with several workers or replicas, a listener whose
 requests land on different processes may be counted once per process.
 """
 
+import hashlib
 import ipaddress
 import time
 from collections import OrderedDict
@@ -58,8 +64,11 @@ class Listeners:
                 return str(ip)
         return str(chain[0]) if chain else peer
 
-    def of(self, request: web.Request) -> tuple[str, str]:
-        return self.address(request), request.headers.get("User-Agent", "")
+    def of(self, request: web.Request) -> tuple[str, bytes]:
+        """The listener: its address and a 16-byte digest of its User-Agent
+        (whatever its length, an entry stays small)."""
+        agent = request.headers.get("User-Agent", "").encode("utf-8", "surrogateescape")
+        return self.address(request), hashlib.blake2b(agent, digest_size=16).digest()
 
 
 class PlayDedup:
@@ -68,16 +77,18 @@ class PlayDedup:
     def __init__(self, window: float, listeners: Listeners):
         self.window = window
         self.listeners = listeners
-        self._until: OrderedDict[tuple[int, str, str], float] = OrderedDict()
+        # Oldest window first: every window is as long, so entries expire in
+        # this order and the expired ones are always at the front.
+        self._until: OrderedDict[tuple[int, str, bytes], float] = OrderedDict()
 
     def first(self, clip_id: int, request: web.Request) -> bool:
         now = time.monotonic()
+        while self._until and next(iter(self._until.values())) <= now:
+            self._until.popitem(last=False)
         key = (clip_id, *self.listeners.of(request))
-        until = self._until.get(key)
-        if until is not None and now < until:
+        if key in self._until:
             return False
         self._until[key] = now + self.window
-        self._until.move_to_end(key)
         while len(self._until) > MAX_LISTENERS:
             self._until.popitem(last=False)
         return True

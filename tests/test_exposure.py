@@ -14,8 +14,9 @@ from db import POOL
 from db.clips import get_clip
 from db.plays import PLAYS
 from server import create_app
+from streaming.dedup import PLAY_DEDUP
 from tests.scrape import metric, scrape
-from tests.support import error_fields, read_problem
+from tests.support import error_fields, free_port, read_problem, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,3 +200,65 @@ async def test_dedup_holds_in_redirect_mode(settings, make_client, make_clip, or
 def test_trusted_proxies_must_be_addresses_or_networks(settings):
     with pytest.raises(ValueError, match="not an address or network"):
         settings.changed({"trusted_proxies": ("proxy.internal",)})
+
+
+# --- Logs an anonymous client can write ----------------------------------------
+
+
+async def test_a_malformed_request_is_one_info_line_not_an_error(database_url, tmp_path):
+    """aiohttp's parser refuses it (plain 400) and would log an ERROR with a
+    traceback: garbage from anyone must not flood the error log."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {
+        **os.environ,
+        "PYTHON_DOTENV_DISABLED": "1",
+        "DATABASE_URL": database_url,
+        "MIGRATE_ON_START": "false",
+        "PORT": str(port),
+        "MEDIA_DIR": str(tmp_path),
+    }
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, ROOT / "server.py", env=env, stdout=out, stderr=out
+        )
+    try:
+
+        async def answered() -> bytes | None:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return None
+            writer.write(b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer
+
+        answer = await wait_until(answered, "the server answers", seconds=30)
+        assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+        await wait_until(lambda: "clips.access" in log.read_text(), "the access line", seconds=5)
+    finally:
+        process.terminate()
+        await process.wait()
+    text = log.read_text()
+    assert "ERROR" not in text and "Traceback" not in text, text
+    assert "INFO aiohttp.server: refused a malformed request: Invalid char in url path" in text
+
+
+async def test_a_listener_is_kept_as_a_fixed_size_entry_and_forgotten_after_the_window(
+    settings, make_client, make_clip
+):
+    """A User-Agent of any length costs a 16-byte digest; once the window
+    has passed, the same listener counts again."""
+    client = await make_client(settings.changed({"play_dedup_seconds": 0.5}))
+    app = client.server.app
+    clip_id = await make_clip(media_path="big.mp3")
+    agent = {"User-Agent": "x" * 8000}
+    await hang_up(client, clip_id, 3, **agent)
+    assert await plays(app, clip_id) == 1
+    ((_, address, digest),) = app[PLAY_DEDUP]._until
+    assert address == "127.0.0.1" and len(digest) == 16
+    await asyncio.sleep(0.6)  # the window itself is what is tested
+    await hang_up(client, clip_id, 1, **agent)
+    assert await plays(app, clip_id) == 2
+    assert len(app[PLAY_DEDUP]._until) == 1  # the expired entry is gone
