@@ -228,7 +228,11 @@ class Upstream:
             if response.status not in REDIRECTS or location is None:
                 return response
             response.release()
-            target = target.join(yarl.URL(location))
+            try:
+                target = target.join(yarl.URL(location))
+                target.port  # noqa: B018 (a port past 65535 raises here)
+            except (ValueError, UnicodeError):
+                raise UpstreamRefused("the origin sent an invalid redirect") from None
             if response.status == 303:
                 method = "HEAD" if method == "HEAD" else "GET"
         raise UpstreamRefused(f"more than {self.max_redirects} redirects")

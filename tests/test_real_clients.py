@@ -757,3 +757,30 @@ async def test_an_html_origin_cannot_run_script_on_the_api_origin(
     assert await browser.evaluate("typeof window.pwned") == "undefined"
     assert await browser.evaluate("document.querySelector('script')") is None
     assert not [r for r in browser.requests if r.url.endswith("/metrics")]
+
+
+async def test_an_origins_undecodable_header_is_quoted_safely(client, make_clip, app):
+    """Bytes that are not UTF-8 in an origin's header reach the problem's
+    detail escaped: a 502 as problem+json, never a bare 500."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\nContent-Encoding: \xff\xfe\r\n"
+            b"Content-Length: 4\r\nConnection: close\r\n\r\nabcd"
+        )
+        await writer.drain()
+        writer.close()
+
+    origin = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = origin.sockets[0].getsockname()[1]
+    try:
+        clip_id = await make_clip(audio_url=f"http://127.0.0.1:{port}/a.mp3")
+        response = await client.get(f"/clips/{clip_id}/stream")
+        assert response.status == 502
+        assert response.content_type == "application/problem+json"
+        assert "encoded body" in (await response.json())["detail"]
+        assert await play_count(app, clip_id) == 0
+    finally:
+        origin.close()
+        await origin.wait_closed()

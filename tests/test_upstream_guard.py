@@ -288,3 +288,16 @@ async def test_a_host_no_dns_could_hold_is_400_on_create_and_edit(guarded_client
     clip_id = await make_clip(audio_url="https://cdn.example.invalid/a.mp3")
     edited = await guarded_client.patch(f"/clips/{clip_id}", json={"audio_url": url})
     assert error_fields(await read_problem(edited, 400)) == ["audio_url"]
+
+
+@pytest.mark.parametrize("location", ["http://a:99999/", "http://[::1/", "http://\\xff/"])
+async def test_an_origins_invalid_redirect_is_502(client, make_clip, aiohttp_server, location):
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": location})
+
+    app = web.Application()
+    app.router.add_get("/moved.mp3", moved)
+    origin = await aiohttp_server(app)
+    clip_id = await make_clip(audio_url=str(origin.make_url("/moved.mp3")))
+    body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 502)
+    assert "invalid redirect" in body["detail"]

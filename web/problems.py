@@ -24,6 +24,13 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/problem+json"
 
 
+def carried(text: str) -> str:
+    """Text as JSON can carry it: a problem may quote what a client or an
+    origin sent, and bytes that were not UTF-8 arrive as lone surrogates,
+    which no encoder takes. They are written as escapes instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Problem(Exception):
     """An error a client sees: a status, what was wrong, and optionally the
     fields that were wrong (`errors`) and response headers."""
@@ -36,10 +43,14 @@ class Problem(Exception):
         errors: list[shapes.FieldError] | None = None,
         headers: dict[str, str] | None = None,
     ):
+        detail = carried(detail) if detail else detail
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.errors = errors
+        self.errors = [
+            {key: carried(value) for key, value in error.items()}  # type: ignore[misc]
+            for error in errors or ()
+        ] or None
         self.headers = headers or {}
 
     def response(self, request_id: str | None = None) -> web.Response:
