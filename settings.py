@@ -60,16 +60,20 @@ def parse_keys(text: str, source: str) -> list[tuple[str, str]]:
     return entries
 
 
+# libpq's query keys that hold secrets.
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
 def masked_url(url: str) -> str:
     """DATABASE_URL as it may be shown: the password, in the authority or
-    as libpq's `password=` query key, replaced by `***`."""
+    as libpq's `password=` or `sslpassword=` query keys, replaced by `***`."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
         credentials, _, host = netloc.rpartition("@")
         netloc = f"{credentials.partition(':')[0]}:***@{host}"
     query = "&".join(
-        f"{key}=***" if key == "password" else f"{key}={value}" if sep else key
+        f"{key}=***" if key in SECRET_QUERY_KEYS else f"{key}={value}" if sep else key
         for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
@@ -174,6 +178,12 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             raise ValueError("must be a postgresql:// URL")
         if scheme not in ("postgresql", "postgres"):
             raise ValueError(f"must start with postgresql://, not {scheme[:20]}://")
+        try:
+            port = urlsplit(value).port  # raises for a port not a number or past 65535
+        except ValueError:
+            raise ValueError("has a malformed host or port") from None
+        if port == 0:
+            raise ValueError("has a malformed host or port")
         return value
 
     # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the

@@ -39,6 +39,8 @@ SERVER_CASES = [
     ({"MIGRATE_ON_START": "perhaps"}, ["MIGRATE_ON_START"]),
     ({"DB_ACQUIRE_TIMEOUT": "-1"}, ["DB_ACQUIRE_TIMEOUT"]),
     ({"DATABASE_URL": "mysql://clips:hunter2@db/clips"}, ["DATABASE_URL"]),
+    ({"DATABASE_URL": "postgresql://clips:hunter2@db:notaport/clips"}, ["DATABASE_URL"]),
+    ({"DATABASE_URL": "postgresql://clips:hunter2@db:99999/clips"}, ["DATABASE_URL"]),
     (
         {"PORT": "abc", "DB_POOL_MAX": "0", "LOG_LEVEL": "LOUD"},
         ["PORT", "DB_POOL_MAX", "LOG_LEVEL"],
@@ -170,3 +172,10 @@ def test_the_keys_file_is_read_once(tmp_path):
     assert copy.api_key_entries() == (("read", "reader-key-0123456789"),)
     with pytest.raises(ValueError, match="API_KEYS_FILE: cannot read it"):
         settings.changed({"api_keys_file": keys})
+
+
+def test_every_libpq_password_is_masked():
+    url = "postgresql://clips@db/clips?sslpassword=hunter2&password=hunter3&sslmode=require"
+    shown = repr(Settings(DATABASE_URL=url))
+    assert "hunter2" not in shown and "hunter3" not in shown
+    assert "sslmode=require" in shown
