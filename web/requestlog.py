@@ -13,6 +13,7 @@ import uuid
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from schemas.fields import positive_bigint
 
@@ -155,3 +156,20 @@ def formatter(log_format: str) -> logging.Formatter:
     """The formatter for LOG_FORMAT, given to the one handler every logger
     writes through (server.configure_logging)."""
     return JsonFormatter() if log_format == "json" else PlainFormatter()
+
+
+class ParserRefusals(logging.Filter):
+    """aiohttp's parser refuses a malformed request (a bad request line or
+    header) with a plain 400 before any handler runs, and logs it as an
+    ERROR with a traceback: anyone could flood the error log and its alerts
+    with garbage. Such a record becomes one INFO line naming the refusal;
+    the access log has its line too. Anything else passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and error.code == 400:
+            first = str(error.message).strip().partition("\n")[0]
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused a malformed request: %s", (first,)
+            record.exc_info = record.exc_text = None
+        return True
