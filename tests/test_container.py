@@ -97,8 +97,9 @@ def test_compose_file_is_valid_and_pins_every_image(tmp_path):
     assert app["environment"]["DATABASE_URL"] == "postgresql://clips:pg-secret@db:5432/clips"
     assert app["environment"]["HOST"] == "0.0.0.0"
     assert [p["target"] for p in app["ports"]] == [8000]
-    # Published on loopback unless APP_BIND says otherwise.
+    # Published on loopback unless APP_BIND (GRAFANA_BIND) says otherwise.
     assert [p["host_ip"] for p in app["ports"]] == ["127.0.0.1"]
+    assert [p["host_ip"] for p in services["grafana"]["ports"]] == ["127.0.0.1"]
     for name, value in STACK_SECRETS.items():
         assert app["environment"][name] == value
     assert app["environment"]["PUBLIC_URL"]
