@@ -197,7 +197,9 @@ class Uploads:
                         files[0].touch()  # still ours: see stale_after
                 else:
                     raise Problem(400, f"Unknown form field {part.name[:40]!r}")
-        except (ValueError, AssertionError, HttpProcessingError) as error:  # a malformed body
+        except (ValueError, AssertionError, HttpProcessingError) as error:  # a malformed form
+            if request.content.exception() is not None:
+                raise  # the body itself cannot be decoded: web/problems.py answers that
             raise Problem(400, f"The multipart body is malformed: {error}") from None
         if head is None:
             raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")

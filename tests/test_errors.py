@@ -2,10 +2,12 @@
 
 import base64
 import json
+import logging
 
+import pytest
 import yarl
 
-from tests.support import clip_count, error_fields, read_problem
+from tests.support import MP3, clip_count, error_fields, raw_form, read_problem
 
 
 def cursor(*parts) -> str:
@@ -130,3 +132,34 @@ async def test_a_wrong_method_is_405_with_allow(client, pool, subtests):
             await read_problem(response, 405)
             assert set(response.headers["Allow"].split(",")) == allowed
     assert await clip_count(pool) == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_not_in_its_content_encoding_is_400_naming_the_body(
+    client, pool, caplog, encoding
+):
+    """aiohttp decodes a body as its Content-Encoding says; one that is not
+    in it fails as it is read, by a JSON or an upload reader alike: the
+    client's fault, logged as no fault of ours, and the connection closes
+    (aiohttp's parser reads nothing more on it)."""
+    caplog.set_level(logging.WARNING)
+    encoded = {"Content-Encoding": encoding}
+    as_json = await client.post(
+        "/clips",
+        data=json.dumps({"title": "x", "genre": "rock"}).encode(),
+        headers={**encoded, "Content-Type": "application/json"},
+    )
+    form, tail = raw_form("plain")
+    as_upload = await client.post(
+        "/clips",
+        data=form + MP3 + tail,
+        headers={**encoded, "Content-Type": "multipart/form-data; boundary=plain"},
+    )
+    for response in (as_json, as_upload):
+        detail = (await read_problem(response, 400))["detail"]
+        assert detail.startswith("The request body cannot be read"), detail
+        assert encoding in detail
+        assert response.headers["Connection"] == "close"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await clip_count(pool) == 0
+    assert (await client.get("/clips")).status == 200

@@ -1,6 +1,10 @@
 """One error type, rendered once as RFC 9457 `application/problem+json`
 (its body's shape: schemas/problems.py, which /openapi.json documents).
 
+A request body aiohttp cannot decode (not in the `Content-Encoding` it
+declares, say) is a 400 naming the body, whichever handler was reading it:
+answered here, so that no reader has to know how aiohttp reports it.
+
 The middleware also names what failed when the client did nothing wrong:
 the database (503 while unavailable, `clips_db_errors_total`), the media
 store (500, or 507 when the disk is full), anything else (500, logged with
@@ -11,6 +15,8 @@ import logging
 from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from db import DatabaseError, DatabaseUnavailable
 from metrics.registry import METRICS
@@ -83,6 +89,29 @@ def _from_http_error(request: web.Request, error: web.HTTPException) -> Problem:
     return Problem(error.status, detail, headers=headers)
 
 
+def _body_unreadable(request: web.Request, error: Exception) -> bool:
+    """Whether `error` is aiohttp failing to decode this request's body.
+    RequestPayloadError is only ever that; its pure-Python parser also hands
+    readers the bare HttpProcessingError (a bad chunk size) it then sets on
+    the body, while the same class from an origin's answer must stay a
+    fault of ours."""
+    if isinstance(error, RequestPayloadError):
+        return True
+    return isinstance(error, HttpProcessingError) and request.content.exception() is not None
+
+
+def _unreadable_body(request: web.Request, error: Exception) -> Problem:
+    """The 400 for a body aiohttp cannot decode. Its parser ignores the rest
+    of the connection's bytes from then on, so the connection closes after
+    the answer; the body is marked ended first, or aiohttp, draining it
+    before closing, would meet the same error again and log it as a fault
+    of its own."""
+    cause = error.__cause__ if isinstance(error, RequestPayloadError) else error
+    reason = cause.message if isinstance(cause, HttpProcessingError) else str(error)
+    request.content.feed_eof()
+    return Problem(400, f"The request body cannot be read: {reason}")
+
+
 @web.middleware
 async def middleware(request: web.Request, handler) -> web.StreamResponse:
     request_id = request.get(REQUEST_ID)
@@ -114,6 +143,10 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         if error.full:
             return Problem(507, "The media store is full; try again later").response(request_id)
         return Problem(500, f"The media store failed: {error}").response(request_id)
-    except Exception:
+    except Exception as error:
+        if _body_unreadable(request, error):
+            response = _unreadable_body(request, error).response(request_id)
+            response.force_close()
+            return response
         log.exception("unhandled error: %s %s", request.method, request.path)
         return Problem(500, "Internal error").response(request_id)
