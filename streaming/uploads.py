@@ -2,7 +2,8 @@
 
 The file goes to disk chunk by chunk (never whole in memory) under a name of
 our own, is hashed and measured on the way, and must stop at
-MAX_UPLOAD_BYTES (413). Its format is read from its bytes, not its name or
+MAX_UPLOAD_BYTES (413; a Content-Length past it and FORM_ALLOWANCE is 413
+before anything is read). Its format is read from its bytes, not its name or
 declared type (415 for anything but MP3, AAC/M4A, Ogg Vorbis/Opus, WAV and
 FLAC), and mutagen reads duration and bitrate from it in a worker process
 (streaming/audio.py; 422 when it cannot, or not within UPLOAD_PARSE_SECONDS).
@@ -44,6 +45,10 @@ TEXT_FIELDS = frozenset({"title", "description", "genre"})
 # The form has four fields; a few more parts are tolerated (a browser may
 # add an empty one), thousands are not.
 MAX_PARTS = 16
+# What a form may hold besides its file: three text fields of at most
+# FIELD_MAX_BYTES, part headers and boundaries. A body declaring more than
+# MAX_UPLOAD_BYTES plus this cannot be an upload we would keep.
+FORM_ALLOWANCE = 64 * 1024
 # Seconds a client refused for being one upload too many is told to wait.
 RETRY_AFTER = "5"
 
@@ -122,6 +127,15 @@ class Uploads:
     async def receive(self, request: web.Request) -> AsyncIterator[Upload]:
         """Receive the upload into the store; the file stays only if the
         caller calls `upload.keep()` inside the block."""
+        declared = request.content_length
+        if declared is not None and declared > self.limit + FORM_ALLOWANCE:
+            # Before the disk is asked: a size no upload may have must not
+            # pass for a full disk (a 507, its log and its metric).
+            raise Problem(
+                413,
+                f"The body declares {declared} bytes: more than MAX_UPLOAD_BYTES"
+                f" ({self.limit} bytes) and the form's other fields",
+            )
         if self.active >= self.max_concurrent:
             raise Problem(
                 503,

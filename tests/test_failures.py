@@ -22,7 +22,15 @@ from db import POOL
 from db.clips import get_clip
 from server import SERVER_OPTIONS, create_app
 from tests.scrape import metric, scrape
-from tests.support import MP3, clip_count, raw_form, read_problem, upload_form
+from tests.support import (
+    MP3,
+    clip_count,
+    raw_form,
+    raw_upload_head,
+    read_problem,
+    read_status,
+    upload_form,
+)
 
 
 async def assert_database_not_blamed(client) -> None:
@@ -110,7 +118,8 @@ async def test_an_upload_that_would_eat_into_the_reserve_is_507_and_leaves_nothi
 ):
     """MEDIA_MIN_FREE_BYTES is kept free: an upload whose Content-Length
     would go below it is refused before its body is read, and one without a
-    Content-Length (chunked) as soon as its bytes would."""
+    Content-Length (chunked) as soon as its bytes would. A Content-Length
+    past MAX_UPLOAD_BYTES is 413, never taken for a full disk."""
     media_dir = small_media_dir("1m")
     client = await make_client(settings.changed({"media_min_free_bytes": 768 * 1024}))
     pool = client.server.app[POOL]
@@ -119,6 +128,18 @@ async def test_an_upload_that_would_eat_into_the_reserve_is_507_and_leaves_nothi
 
     declared = await client.post("/clips", data=upload_form(io.BytesIO(wav), "song.wav"))
     assert "full" in (await read_problem(declared, 507))["detail"]
+    # A size no upload may have is 413 before the disk is asked: not counted
+    # as a storage error (the count below stays at the two real refusals).
+    oversized = raw_upload_head(2**40, "reserve")
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(oversized)
+    try:
+        async with asyncio.timeout(10):
+            status, _ = await read_status(reader)
+    finally:
+        writer.close()
+    assert status == 413
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 1
 
     form, tail = raw_form("reserve")
     body = form + wav + tail

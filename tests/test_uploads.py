@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import struct
 import wave
@@ -14,7 +15,8 @@ import wave
 import pytest
 
 from db import POOL
-from streaming.uploads import MAX_PARTS, UPLOADS
+from streaming.uploads import FORM_ALLOWANCE, MAX_PARTS, UPLOADS
+from tests.scrape import metric, scrape
 from tests.support import (
     MP3,
     MP3_BITRATE,
@@ -22,6 +24,7 @@ from tests.support import (
     clip_count,
     error_fields,
     media_files,
+    raw_form,
     raw_upload_head,
     read_problem,
     read_status,
@@ -123,6 +126,53 @@ async def test_an_upload_over_the_cap_is_413(settings, make_client, media_dir):
     await read_problem(await client.post("/clips", data=upload_form(MP3)), 413)
     assert media_files(media_dir) == before
     assert await clip_count(client.server.app[POOL]) == 0
+
+
+async def test_a_body_declared_past_the_cap_is_413_before_the_disk_is_asked(
+    client, media_dir, caplog
+):
+    """A Content-Length no upload may have (the cap, plus room for the
+    form's other fields) is refused before a byte is read: never a 507
+    "media store is full", its ERROR log and its storage error metric,
+    which anyone able to write could otherwise raise at will."""
+    before = media_files(media_dir)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    with caplog.at_level(logging.WARNING):
+        writer.write(raw_upload_head(1_000_000_000_000) + MP3[:1000])
+        try:
+            async with asyncio.timeout(10):
+                status, rest = await read_status(reader)
+                rest += await reader.read(2000)
+        finally:
+            writer.close()
+    assert status == 413
+    assert b"MAX_UPLOAD_BYTES" in rest
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 0
+    assert media_files(media_dir) == before
+    assert await clip_count(client.server.app[POOL]) == 0
+
+
+async def test_a_body_declared_within_the_cap_and_its_form_is_received(client, media_dir):
+    """The allowance covers the form around the file: an upload of exactly
+    MAX_UPLOAD_BYTES with its fields is not refused for its Content-Length."""
+    before = media_files(media_dir)
+    cap = client.server.app[UPLOADS].limit
+    form, tail = raw_form("atcap")
+    declared = len(form) + cap + len(tail)
+    assert cap < declared <= cap + FORM_ALLOWANCE
+    _, writer = await asyncio.open_connection(client.host, client.port)
+    head = (
+        "POST /clips HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: multipart/form-data; boundary=atcap\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    writer.write(head + form + MP3[:1000])
+    try:
+        await wait_until(lambda: media_files(media_dir) - before, "the upload being received")
+    finally:
+        writer.close()
+    await wait_until(lambda: media_files(media_dir) == before, "the aborted upload removed")
 
 
 @pytest.mark.parametrize(
