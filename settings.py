@@ -157,6 +157,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     max_upload_bytes: int = Field(50 * 1024 * 1024, alias="MAX_UPLOAD_BYTES", ge=1024)
     # Seconds an upload may take to deliver each 64 KiB of its body (408).
     upload_idle_seconds: float = Field(30.0, alias="UPLOAD_IDLE_SECONDS", gt=0)
+    # Seconds a whole upload body may take (408): a pace just above the idle
+    # limit must not hold an UPLOAD_MAX_CONCURRENT slot for hours.
+    upload_max_seconds: float = Field(600.0, alias="UPLOAD_MAX_SECONDS", gt=0)
     # Uploads one process receives at once; more are 503 with Retry-After.
     upload_max_concurrent: int = Field(32, alias="UPLOAD_MAX_CONCURRENT", ge=1)
     # Processes (per server process) that read uploaded audio, and the

@@ -16,8 +16,10 @@ UPLOAD_MAX_CONCURRENT uploads at once per process (503 with Retry-After,
 before the body is read); at most MAX_PARTS form parts (400); every
 CHUNK_BYTES of the body (or the end of a part) must arrive within
 UPLOAD_IDLE_SECONDS (408), so a body that trickles is cut however it
-trickles; the disk keeps MEDIA_MIN_FREE_BYTES (507). Partial files of
-uploads that died with their process are swept (`uploads_ctx`).
+trickles, and the whole body within UPLOAD_MAX_SECONDS (408), so one paced
+just fast enough cannot hold its place for hours; the disk keeps
+MEDIA_MIN_FREE_BYTES (507). Partial files of uploads that died with their
+process are swept (`uploads_ctx`).
 """
 
 import asyncio
@@ -103,6 +105,7 @@ class Uploads:
         self.reader = reader
         self.limit = settings.max_upload_bytes
         self.idle = settings.upload_idle_seconds
+        self.max_seconds = settings.upload_max_seconds
         self.max_concurrent = settings.upload_max_concurrent
         self.active = 0
         # A live upload writes or touches its partial file at least every
@@ -187,10 +190,12 @@ class Uploads:
         upload.sha256 = digest.hexdigest()
         return head
 
-    async def _receive_parts(
+    async def _receive_form(
         self, request: web.Request, upload: Upload, files: list[NewFile]
-    ) -> None:
-        head: bytes | None = None  # the file's first bytes, once it is received
+    ) -> bytes | None:
+        """Read the form: its fields into `upload`, its file into a new file
+        in `files`; returns the file's first bytes (None: no file)."""
+        head: bytes | None = None
         parts = 0
         try:
             reader = await request.multipart()
@@ -215,6 +220,20 @@ class Uploads:
             if request.content.exception() is not None:
                 raise  # the body itself cannot be decoded: web/problems.py answers that
             raise Problem(400, f"The multipart body is malformed: {error}") from None
+        return head
+
+    async def _receive_parts(
+        self, request: web.Request, upload: Upload, files: list[NewFile]
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.max_seconds):
+                head = await self._receive_form(request, upload, files)
+        except TimeoutError:
+            raise Problem(
+                408,
+                f"The upload took too long: its body did not arrive within"
+                f" UPLOAD_MAX_SECONDS ({self.max_seconds:g} s)",
+            ) from None
         if head is None:
             raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")
         kind = sniff(head)

@@ -274,6 +274,42 @@ async def test_an_upload_that_stalls_or_trickles_is_cut_with_408(
     assert await clip_count(client.server.app[POOL]) == 0
 
 
+async def test_an_upload_paced_to_last_is_cut_at_its_total_deadline_with_408(
+    settings, make_client, media_dir
+):
+    """A body that keeps every 64 KiB within UPLOAD_IDLE_SECONDS still gets
+    UPLOAD_MAX_SECONDS in all: then 408, its partial file removed and its
+    UPLOAD_MAX_CONCURRENT place free for the next upload."""
+    client = await make_client(
+        settings.changed({"upload_max_seconds": 1.0, "upload_max_concurrent": 1})
+    )
+    uploads = client.server.app[UPLOADS]
+    assert uploads.idle >= 30  # the pace below never stalls: only the total deadline cuts
+    before = media_files(media_dir)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(raw_upload_head(10 * 1024 * 1024) + MP3)
+
+    async def keep_pace() -> None:
+        while True:
+            await asyncio.sleep(0.05)  # the client's pace: 16 KiB every 50 ms
+            writer.write(bytes(16 * 1024))
+
+    pacing = asyncio.create_task(keep_pace())
+    try:
+        await wait_until(lambda: media_files(media_dir) - before, "the upload being received")
+        async with asyncio.timeout(10):
+            status, rest = await read_status(reader)
+            rest += await reader.read(2000)
+    finally:
+        pacing.cancel()
+        writer.close()
+    assert status == 408
+    assert b"UPLOAD_MAX_SECONDS" in rest
+    await wait_until(lambda: media_files(media_dir) == before, "the partial upload removed")
+    assert uploads.active == 0
+    assert (await client.post("/clips", data=upload_form(MP3))).status == 201
+
+
 async def test_a_form_of_thousands_of_parts_is_400_naming_the_cap(client, media_dir):
     before = media_files(media_dir)
     boundary = "manyparts"
