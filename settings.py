@@ -155,7 +155,8 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     stream_url_ttl: int = Field(21600, alias="STREAM_URL_TTL", ge=60)
     cors_origins: CommaList = Field((), alias="CORS_ORIGINS")
     max_upload_bytes: int = Field(50 * 1024 * 1024, alias="MAX_UPLOAD_BYTES", ge=1024)
-    # Seconds an upload may take to deliver each 64 KiB of its body (408).
+    # Seconds an upload may take to deliver each 64 KiB of its body, and a
+    # JSON body (64 KiB at most) the whole of it (408).
     upload_idle_seconds: float = Field(30.0, alias="UPLOAD_IDLE_SECONDS", gt=0)
     # Seconds a whole upload body may take (408): a pace just above the idle
     # limit must not hold an UPLOAD_MAX_CONCURRENT slot for hours.

@@ -1,5 +1,6 @@
 """Every error is an RFC 9457 problem a client can read, and changes nothing."""
 
+import asyncio
 import base64
 import json
 import logging
@@ -7,7 +8,9 @@ import logging
 import pytest
 import yarl
 
-from tests.support import MP3, clip_count, error_fields, raw_form, read_problem
+from db import POOL
+from db.clips import get_clip
+from tests.support import MP3, clip_count, error_fields, raw_form, read_problem, read_status
 
 
 def cursor(*parts) -> str:
@@ -163,3 +166,44 @@ async def test_a_body_not_in_its_content_encoding_is_400_naming_the_body(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert await clip_count(pool) == 0
     assert (await client.get("/clips")).status == 200
+
+
+@pytest.mark.parametrize("trickle", [None, 0.05], ids=["stalled", "trickling"])
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_a_json_body_that_stalls_or_trickles_is_cut_with_408(
+    settings, make_client, make_clip, method, trickle
+):
+    """A JSON body (64 KiB at most) must arrive within UPLOAD_IDLE_SECONDS
+    in all: one that sends nothing more is cut, and so is one that sends a
+    byte far more often than that."""
+    client = await make_client(settings.changed({"upload_idle_seconds": 0.5}))
+    pool = client.server.app[POOL]
+    clip_id = await make_clip(title="Before", audio_url="http://127.0.0.1/a.mp3")
+    path = "/clips" if method == "POST" else f"/clips/{clip_id}"
+    body = json.dumps({"title": "After", "genre": "rock", "duration_seconds": 1.0}).encode()
+    body += b" " * 2000
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + body[:10])
+
+    async def drip() -> None:
+        for byte in body[10:]:
+            await asyncio.sleep(trickle)  # the client's pace, not a wait for the server
+            writer.write(bytes([byte]))
+
+    dripping = asyncio.create_task(drip()) if trickle else None
+    try:
+        async with asyncio.timeout(10):
+            status, rest = await read_status(reader)
+            rest += await reader.read(2000)
+    finally:
+        if dripping:
+            dripping.cancel()
+        writer.close()
+    assert status == 408
+    assert b"UPLOAD_IDLE_SECONDS" in rest
+    assert await clip_count(pool) == 1
+    assert (await get_clip(pool, clip_id))["title"] == "Before"

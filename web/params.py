@@ -1,5 +1,6 @@
 """Turning request input into typed values, or a 400 that names each problem."""
 
+import asyncio
 import json
 from typing import TypeVar
 
@@ -7,6 +8,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from schemas.fields import BIGINT_MAX, positive_bigint
+from settings import SETTINGS
 from web.problems import Problem
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -54,7 +56,17 @@ async def parse_json(model: type[Model], request: web.Request) -> Model:
             f"Send the body as application/json, not {request.content_type or 'nothing'}",
             headers={"Accept-Post": "application/json"},
         )
-    raw = await request.read()  # bounded by the app's client_max_size (413)
+    # At most 64 KiB (the app's client_max_size, else 413): one upload chunk,
+    # so the upload's pace rule makes UPLOAD_IDLE_SECONDS its whole deadline;
+    # a body sent a byte at a time cannot hold the connection.
+    idle = request.app[SETTINGS].upload_idle_seconds
+    try:
+        async with asyncio.timeout(idle):
+            raw = await request.read()
+    except TimeoutError:
+        raise Problem(
+            408, f"The body did not arrive within UPLOAD_IDLE_SECONDS ({idle:g} s)"
+        ) from None
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
