@@ -10,17 +10,30 @@ number of series. aiohttp-prometheus-exporter serves the registry; its
 server middleware (labels by client address) and client trace config
 (labels by upstream host, taken from user-supplied URLs, and a callback
 per received chunk on the streaming hot path) are deliberately not used.
+
+With WORKERS > 1 each worker writes its series to files in a directory the
+supervisor owns (prometheus_client's multiprocess mode: the directory must
+be in PROMETHEUS_MULTIPROC_DIR before the worker imports prometheus_client),
+and a scrape, whichever worker answers it, reads every worker's files: one
+scrape reports the whole process group. Counters and histograms add up
+across workers, dead ones included (their counts stay in the files);
+in-flight and pool-use gauges are the sum over live workers; event-loop
+tasks, pool size limits and process_* are per worker (a `pid` label).
+Values that the single-process registry reads at scrape time (tasks, the
+pool) are sampled every SAMPLE_SECONDS instead, as only a worker can read
+its own.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Protocol
 
 import prometheus_client
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 # `*_created` series double every counter for no dashboard's benefit.
 prometheus_client.disable_created_metrics()
@@ -31,6 +44,9 @@ API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DB_ERROR_KINDS = ("unavailable", "query", "play_write")
 STORAGE_OPERATIONS = ("read", "write", "delete")
+# How often a worker writes its sampled gauges (tasks, pool) in multiprocess
+# mode: well under any scrape interval, and a few file writes each time.
+SAMPLE_SECONDS = 1.0
 
 
 class Pool(Protocol):
@@ -42,10 +58,30 @@ class Pool(Protocol):
 
 
 class Metrics:
-    def __init__(self, max_clip_series: int = 500) -> None:
-        self.registry = registry = CollectorRegistry()
+    """Every series of the app. `registry` is what /metrics serves: the
+    app's own, or with `multiprocess_dir` (WORKERS > 1) a reader of every
+    worker's files in it."""
+
+    def __init__(self, max_clip_series: int = 500, multiprocess_dir: Path | None = None) -> None:
         self.max_clip_series = max_clip_series
+        self.multiprocess_dir = multiprocess_dir
         self._clip_labels: set[str] = set()
+        self._pool_of: Callable[[], Pool | None] = lambda: None
+        if multiprocess_dir is None:
+            self.registry = registry = CollectorRegistry()
+        else:
+            if values.ValueClass is values.MutexValue:
+                raise RuntimeError(
+                    "multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set before"
+                    " prometheus_client is imported"
+                )
+            # The series live in files, not in a registry: each is counted
+            # once, by the MultiProcessCollector that reads them all.
+            registry = None
+            self.registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.registry, str(multiprocess_dir))
+            self.registry.register(_WorkerProcesses(multiprocess_dir))
+            prometheus_client.PlatformCollector(registry=self.registry)
 
         self.requests = Counter(
             "clips_http_requests_total",
@@ -71,6 +107,7 @@ class Metrics:
             "Requests being handled now, by route template",
             ["route"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.plays = Counter(
             "clips_plays_total",
@@ -96,7 +133,10 @@ class Metrics:
             registry=registry,
         )
         self.streams_in_flight = Gauge(
-            "clips_streams_in_flight", "Streams being sent now", registry=registry
+            "clips_streams_in_flight",
+            "Streams being sent now",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self.stream_bytes = Counter(
             "clips_stream_bytes_total",
@@ -138,10 +178,14 @@ class Metrics:
             self.db_errors.labels(kind)
         for operation in STORAGE_OPERATIONS:
             self.storage_errors.labels(operation)
-        prometheus_client.ProcessCollector(registry=registry)
-        prometheus_client.PlatformCollector(registry=registry)
-        prometheus_client.GCCollector(registry=registry)
-        registry.register(_TaskCollector())
+        if registry is not None:
+            prometheus_client.ProcessCollector(registry=registry)
+            prometheus_client.PlatformCollector(registry=registry)
+            prometheus_client.GCCollector(registry=registry)
+            registry.register(_TaskCollector())
+            registry.register(_PoolCollector(lambda: self._pool_of()))
+        else:
+            self._sampled = _SampledGauges()
 
     def clip_label(self, clip_id: int) -> str:
         """The clip's own label while fewer than the cap exist, else "other"."""
@@ -155,8 +199,36 @@ class Metrics:
 
     def watch_pool(self, pool_of: Callable[[], Pool | None]) -> None:
         """Export the size and use of the pool `pool_of()` returns (None
-        before it opens), read at scrape time."""
-        self.registry.register(_PoolCollector(pool_of))
+        before it opens), read at scrape time (or sampled: multiprocess)."""
+        self._pool_of = pool_of
+
+    def sample(self) -> None:
+        """Write this worker's sampled gauges (multiprocess mode only)."""
+        if self.multiprocess_dir is not None:
+            self._sampled.update(self._pool_of())
+
+
+async def sampling_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Samples the worker's gauges every SAMPLE_SECONDS in multiprocess
+    mode; nothing in a single process, whose registry reads them at scrape
+    time."""
+    metrics = app[METRICS]
+    if metrics.multiprocess_dir is None:
+        yield
+        return
+
+    async def sample_forever() -> None:
+        while True:
+            metrics.sample()
+            await asyncio.sleep(SAMPLE_SECONDS)
+
+    sampler = asyncio.create_task(sample_forever())
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
 
 
 class _TaskCollector:
@@ -184,6 +256,67 @@ class _PoolCollector:
             in_use.add_metric([], pool.get_size() - pool.get_idle_size())
             limit.add_metric([], pool.get_max_size())
         return [size, in_use, limit]
+
+
+class _SampledGauges:
+    """The tasks and pool gauges as files (multiprocess mode). `live*`
+    modes drop a worker's values once the supervisor marks it dead."""
+
+    def __init__(self) -> None:
+        self.tasks = Gauge(
+            "clips_event_loop_tasks",
+            "Asyncio tasks alive in this worker",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+        self.pool_size = Gauge(
+            "clips_db_pool_connections",
+            "Open pool connections",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.pool_in_use = Gauge(
+            "clips_db_pool_connections_in_use",
+            "Pool connections in use",
+            registry=None,
+            multiprocess_mode="livesum",
+        )
+        self.pool_max = Gauge(
+            "clips_db_pool_max_connections",
+            "DB_POOL_MAX of this process",
+            registry=None,
+            multiprocess_mode="liveall",
+        )
+
+    def update(self, pool: Pool | None) -> None:
+        self.tasks.set(len(asyncio.all_tasks()))
+        if pool is not None:
+            self.pool_size.set(pool.get_size())
+            self.pool_in_use.set(pool.get_size() - pool.get_idle_size())
+            self.pool_max.set(pool.get_max_size())
+
+
+class _WorkerProcesses:
+    """process_* of every live worker, read from /proc at scrape time with
+    a `pid` label. A live worker is one with a `liveall` gauge file in the
+    directory (clips_event_loop_tasks writes one as soon as it samples;
+    marking a worker dead removes it)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> list[Metric]:
+        families: dict[str, Metric] = {}
+        for path in sorted(self._directory.glob("gauge_liveall_*.db")):
+            pid = path.stem.rpartition("_")[2]
+            reader = prometheus_client.ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            for family in reader.collect():  # nothing once the process is gone
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": pid}, sample.value)
+        return list(families.values())
 
 
 METRICS = web.AppKey("METRICS", Metrics)
