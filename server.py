@@ -14,9 +14,12 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import multiprocess
 
 from db import POOL, STARTUP_ERRORS, migrate, pool_ctx
 from db.clip_cache import clip_cache_ctx
@@ -24,7 +27,7 @@ from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
 from handlers import clips, docs, health, metrics, streams
-from metrics.registry import METRICS, Metrics
+from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
@@ -51,7 +54,9 @@ async def announce_shutdown(app: web.Application) -> None:
     )
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Application:
+    """The app. `metrics_dir`: the supervisor's directory where every
+    worker writes its metrics (WORKERS > 1); None keeps them in the app."""
     app = web.Application(
         middlewares=[
             requestlog.middleware,
@@ -75,7 +80,7 @@ def create_app(settings: Settings) -> web.Application:
             "PUBLIC_URL is not set: stream_url, Location and Link are built from each"
             " request's Host header; set PUBLIC_URL to the public base URL"
         )
-    app[METRICS] = Metrics(settings.metrics_max_clip_series)
+    app[METRICS] = Metrics(settings.metrics_max_clip_series, metrics_dir)
     app[METRICS].watch_pool(lambda: app.get(POOL))
     if settings.play_dedup_seconds > 0:
         app[PLAY_DEDUP] = PlayDedup(
@@ -97,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
             ),
             upstream_ctx,
             uploads_ctx,
+            sampling_ctx,
         ]
     )
     app.on_shutdown.append(announce_shutdown)
@@ -126,12 +132,12 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("aiohttp.server").addFilter(requestlog.ParserRefusals())
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, metrics_dir: Path | None = None) -> None:
     """Run one server process until SIGINT or SIGTERM."""
     log.info("starting on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
     with failing_in_one_line():
         web.run_app(
-            create_app(settings),
+            create_app(settings, metrics_dir),
             host=settings.host,
             port=settings.port,
             reuse_port=settings.workers > 1,
@@ -157,10 +163,11 @@ def failing_in_one_line() -> Iterator[None]:
         raise SystemExit(f"server: cannot start: {reason}") from None
 
 
-def worker(settings: Settings) -> None:
-    """A worker process's entry point (a fresh interpreter: spawn)."""
+def worker(settings: Settings, metrics_dir: Path) -> None:
+    """A worker process's entry point (a fresh interpreter: spawn, which
+    imported prometheus_client with the supervisor's PROMETHEUS_MULTIPROC_DIR)."""
     configure_logging(settings)
-    serve(settings)
+    serve(settings, metrics_dir)
 
 
 def serve_workers(settings: Settings) -> None:
@@ -169,10 +176,22 @@ def serve_workers(settings: Settings) -> None:
     forwards SIGTERM and SIGINT to every worker and waits for them all. If
     a worker dies on its own, the others are stopped and the supervisor
     exits non-zero, so the orchestrator (Compose, Kubernetes, systemd)
-    restarts the whole set rather than it serving on at reduced capacity."""
+    restarts the whole set rather than it serving on at reduced capacity.
+
+    The workers' metrics go to a directory of this run, empty at start and
+    removed at exit, so no earlier run's counts (or a reused pid's) leak in;
+    a worker that exits is marked dead there, so its in-flight and per-worker
+    gauges leave the scrapes while its counts stay in the totals."""
+    with tempfile.TemporaryDirectory(prefix="clips-metrics-") as directory:
+        # Read by prometheus_client when each spawned worker imports it.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        supervise(settings, Path(directory))
+
+
+def supervise(settings: Settings, metrics_dir: Path) -> None:
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=worker, args=(settings,), name=f"worker-{n}")
+        context.Process(target=worker, args=(settings, metrics_dir), name=f"worker-{n}")
         for n in range(settings.workers)
     ]
     for process in workers:
@@ -192,12 +211,14 @@ def serve_workers(settings: Settings) -> None:
     died = None if stopping else next(p for p in workers if p.sentinel in ended)
     if died is not None:
         died.join()  # its exit code, once the kernel has it
+        multiprocess.mark_process_dead(died.pid, str(metrics_dir))
         log.error(
             "%s (pid %d) exited (%s): stopping the others", died.name, died.pid, died.exitcode
         )
         stop()
     for process in workers:
         process.join()
+        multiprocess.mark_process_dead(process.pid, str(metrics_dir))
     if died is not None:
         sys.exit(died.exitcode if died.exitcode and died.exitcode > 0 else 1)
     # Asked to stop: a worker still starting up dies of the SIGTERM itself,
