@@ -199,9 +199,12 @@ async def test_plays_in_every_worker_add_up(supervisor, database_url, tmp_path):
 async def test_the_metrics_directory_is_the_runs_own(supervisor, tmp_path):
     process, log, _ = supervisor
     (directory,) = metrics_dirs(tmp_path)
-    assert {path.name.rpartition("_")[2] for path in directory.glob("*.db")} == {
-        f"{pid}.db" for pid in workers_of(process.pid)
-    }
+    workers = {f"{pid}.db" for pid in workers_of(process.pid)}
+
+    def files_of_every_worker() -> bool:  # the second may still be starting
+        return {path.name.rpartition("_")[2] for path in directory.glob("*.db")} == workers
+
+    await wait_until(files_of_every_worker, "a metrics file per worker", seconds=10)
 
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 15) == 0, log.read_text()
