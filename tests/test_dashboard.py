@@ -29,6 +29,9 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "clips.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 SCRAPE_CONFIG = DEPLOY / "prometheus.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+# Where deploy/prometheus.yml expects the rules (docker-compose.yml mounts them).
+ALERTS_MOUNTED = "/etc/prometheus/alerts.yml"
 JOB = "clips"
 
 PROMETHEUS = shutil.which("prometheus")
@@ -241,7 +244,10 @@ def test_the_scrape_config_is_valid(tmp_path):
     # promtool checks the token file exists: the stack mounts it as a secret.
     token_file = tmp_path / "metrics_token"
     token_file.write_text(TOKEN)
+    # It also reads the rule files, which the stack mounts from deploy/.
     text = SCRAPE_CONFIG.read_text().replace("/run/secrets/metrics_token", str(token_file))
+    assert ALERTS_MOUNTED in text
+    text = text.replace(ALERTS_MOUNTED, str(ALERTS))
     config = tmp_path / "prometheus.yml"
     config.write_text(text)
     result = subprocess.run(
