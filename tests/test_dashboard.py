@@ -1,10 +1,15 @@
-"""The Grafana dashboard in deploy/, proven against a real Prometheus.
+"""The Grafana dashboard and the alerting rules in deploy/, proven against a
+real Prometheus.
 
 A Prometheus of the test's own (free port, temporary storage, the deploy
-scrape job at a 1 s interval) scrapes the real app while traffic reaches
-every panel; then Prometheus itself evaluates every query of every panel.
-A panel that shows nothing, or names a metric the app does not export,
-fails here instead of on an operator's screen.
+scrape job at a 1 s interval, the deploy alerting rules) scrapes the real
+app while traffic reaches every panel; then Prometheus itself evaluates
+every query of every panel, with the dashboard's variables as Grafana
+fills them, and every alerting rule. A panel that shows nothing, a query
+that ignores the chosen job or instance, a panel without a unit, or a
+panel or rule naming a metric the app does not export fails here instead
+of on an operator's screen. (tests/test_alerts.py fires and clears each
+alert with promtool.)
 """
 
 import asyncio
@@ -22,10 +27,13 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.promql import matchers, metric_names, selectors
 from tests.scrape import samples, scrape
 from tests.support import free_port, wait_until
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+README = ROOT / "README.md"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "clips.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 SCRAPE_CONFIG = DEPLOY / "prometheus.yml"
@@ -44,8 +52,12 @@ needs_prometheus = pytest.mark.skipif(
 
 # What Grafana would put in place of its variables. $__rate_interval is at
 # least four scrape intervals in Grafana; 10 s of 1 s scrapes keeps several
-# samples per window without making the test wait long.
+# samples per window without making the test wait long. $job is the deploy
+# job; $instance is "All" (the variable's allValue) unless a test names the
+# app's own target. $datasource is a uid, never inside a query.
 GRAFANA_VARIABLES = {
+    "job": JOB,
+    "instance": ".*",
     "__rate_interval": "10s",
     "__interval": "1s",
     "__interval_ms": "1000",
@@ -56,9 +68,17 @@ GRAFANA_VARIABLES = {
 SCRAPES_BEFORE_QUERYING = 5
 DEADLINE_SECONDS = 30
 
-# PromQL words that look like metric names but are not.
-PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
-PROMQL_KEYWORDS |= {"group_left", "group_right", "inf", "nan"}
+# Series Prometheus itself records for every target, not in /metrics.
+PROMETHEUS_OWN = {"up"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Every selector carries these, so the job and instance pickers apply to
+# every panel.
+SCOPE = {'job="$job"', 'instance=~"$instance"'}
+# Health checks and scrapes are not the API: out of its latency.
+NOT_API = 'route!~"/healthz|/readyz|/metrics"'
+# Grafana unit ids the panels may use; a per-second panel says per what.
+UNITS = {"reqps", "ops", "Bps", "s", "bytes", "percentunit", "short"}
+PER_SECOND_UNITS = {"reqps", "ops", "Bps"}
 
 
 # The dashboard as files
@@ -83,48 +103,62 @@ def queries(dashboard: dict) -> list[tuple[str, str]]:
     ]
 
 
-def substitute(expr: str) -> str:
-    """The expr as Grafana sends it to Prometheus."""
+def substitute(expr: str, **values: str) -> str:
+    """The expr as Grafana sends it to Prometheus, `values` overriding the
+    test's GRAFANA_VARIABLES."""
+    variables = GRAFANA_VARIABLES | values
 
     def value(match: re.Match) -> str:
-        return GRAFANA_VARIABLES.get(match["braced"] or match["bare"], match[0])
+        return variables.get(match["braced"] or match["bare"], match[0])
 
     return re.sub(r"\$\{(?P<braced>\w+)(?::\w+)?\}|\$(?P<bare>\w+)", value, expr)
 
 
-def metric_names(expr: str) -> set[str]:
-    """Every metric an expr selects: the identifiers left once label values,
-    label matchers, range windows and grouping label lists are taken out,
-    other than function names (followed by `(`) and keywords."""
-    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "{}", expr)
-    expr = re.sub(r"\[[^\]]*\]", "[]", expr)
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    return {
-        match[0]
-        for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr)
-        if match[0] not in PROMQL_KEYWORDS and not expr[match.end() :].lstrip().startswith("(")
-    }
+def variables(dashboard: dict) -> dict[str, dict]:
+    return {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+
+
+def variable_query(variable: dict) -> tuple[str, str]:
+    """(series selector, label) of a `label_values(selector, label)` variable."""
+    match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable["query"]["query"])
+    assert match, variable
+    assert variable["definition"] == variable["query"]["query"]
+    return match[1], match[2]
 
 
 def test_every_dashboard_variable_has_a_test_value():
     dashboard = load_dashboard()
     unknown = [(title, expr) for title, expr in queries(dashboard) if "$" in substitute(expr)]
     assert not unknown, f"variables missing from GRAFANA_VARIABLES: {unknown}"
+    defined = set(variables(dashboard)) - {"datasource"}
+    assert defined == {"job", "instance"}
+    assert defined <= set(GRAFANA_VARIABLES)
 
 
 def test_metric_names_are_read_from_promql():
     expr = (
         '(sum(rate(a_total{status=~"5..", x="b_total"}[5m])) or vector(0))'
         " / sum by (le, route) (rate(c_bucket[$__rate_interval])) > bool d"
+        ' unless min_over_time(e{job="x"}[1h] offset 1h) > 0.99'
     )
-    assert metric_names(expr) == {"a_total", "c_bucket", "d"}
+    assert metric_names(expr) == {"a_total", "c_bucket", "d", "e"}
+    assert selectors('up{job="$job", instance=~"$instance"} == 0') == [
+        ("up", 'job="$job", instance=~"$instance"')
+    ]
+    assert matchers('job="$job",instance=~ "$instance"') == SCOPE
 
 
-def test_every_panel_queries_the_provisioned_prometheus():
-    datasource = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+def test_every_panel_queries_the_chosen_prometheus():
+    """No data source uid is written in: the `datasource` variable picks any
+    Prometheus, the provisioned one (the default) in the compose stack."""
+    provisioned = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]
+    assert provisioned["type"] == "prometheus"
+    assert provisioned["isDefault"]
     dashboard = load_dashboard()
     assert dashboard["schemaVersion"] >= 39
+    chooser = variables(dashboard)["datasource"]
+    assert chooser["type"] == "datasource"
+    assert chooser["query"] == "prometheus"
     ids = [panel["id"] for panel in panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     for panel in panels(dashboard):
@@ -132,7 +166,68 @@ def test_every_panel_queries_the_provisioned_prometheus():
             continue
         assert panel.get("targets"), f"panel {panel['title']!r} has no query"
         for target in [panel, *panel["targets"]]:
-            assert target["datasource"] == {"type": "prometheus", "uid": datasource["uid"]}
+            assert target["datasource"] == DATASOURCE, panel["title"]
+    for name in ("job", "instance"):
+        assert variables(dashboard)[name]["datasource"] == DATASOURCE
+
+
+def test_the_job_and_instance_variables_scope_every_query():
+    dashboard = load_dashboard()
+    job, instance = variables(dashboard)["job"], variables(dashboard)["instance"]
+    assert variable_query(job)[1] == "job"
+    assert not job["multi"]
+    assert not job["includeAll"]
+    selector, label = variable_query(instance)
+    assert label == "instance"
+    assert matchers(selector) == {'job="$job"'}
+    # Several instances or all of them, as a regex: hence `instance=~`.
+    assert instance["multi"]
+    assert instance["includeAll"]
+    assert instance["allValue"] == ".*"
+    unscoped = [
+        (title, name)
+        for title, expr in queries(dashboard)
+        for name, inner in selectors(expr)
+        if not SCOPE.issubset(matchers(inner))
+    ]
+    assert not unscoped, f"selectors without {SCOPE}: {unscoped}"
+
+
+def test_api_latency_leaves_out_health_checks_and_scrapes(app):
+    routes = {resource.canonical for resource in app.router.resources()}
+    assert {"/healthz", "/readyz", "/metrics"} <= routes
+    latency = [
+        (title, inner)
+        for title, expr in queries(load_dashboard())
+        for name, inner in selectors(expr)
+        if name == "clips_http_request_duration_seconds_bucket"
+    ]
+    assert latency
+    for title, inner in latency:
+        assert NOT_API in matchers(inner), title
+
+
+def test_every_panel_has_a_unit():
+    for panel in panels(load_dashboard()):
+        if panel["type"] == "row":
+            continue
+        unit = panel["fieldConfig"]["defaults"].get("unit")
+        exprs = " ".join(target["expr"] for target in panel["targets"])
+        assert unit in UNITS, f"{panel['title']!r}: unit {unit!r}"
+        if "histogram_quantile" in exprs:
+            assert unit == "s", panel["title"]
+        elif "rate(" in exprs:
+            assert unit in PER_SECOND_UNITS | {"percentunit"}, panel["title"]
+
+
+def test_the_leak_signal_and_every_exported_family_have_a_panel():
+    """The README calls the task count the leak signal: it has its panel,
+    as does every clips_* family /metrics documents."""
+    named = {name for _, expr in queries(load_dashboard()) for name in metric_names(expr)}
+    assert "clips_event_loop_tasks" in named
+    families = set(re.findall(r"`(clips_\w+)`", README.read_text()))
+    histograms = {name.removesuffix("_bucket") for name in named}
+    assert families <= named | histograms, families - named - histograms
 
 
 # Traffic that reaches every panel
@@ -229,7 +324,7 @@ async def exported_metric_names(client) -> set[str]:
 
 async def test_every_metric_a_panel_names_is_exported(client, catalogue):
     await drive(client, catalogue)  # labelled series exist once used
-    exported = await exported_metric_names(client)
+    exported = await exported_metric_names(client) | PROMETHEUS_OWN
     for title, expr in queries(load_dashboard()):
         names = metric_names(substitute(expr))
         assert names, f"{title!r}: no metric found in {expr!r}"
@@ -261,15 +356,21 @@ def test_the_scrape_config_is_valid(tmp_path):
 
 def scrape_config(target: str, token_file: Path) -> dict:
     """The deploy job, pointed at `target` every second with the token in
-    `token_file`: the dashboard is proven against the job name, path and
-    authorization operators deploy."""
+    `token_file`, and the deploy rules evaluated every second: the dashboard
+    and the alerts are proven against the job name, path and authorization
+    operators deploy."""
     deployed = yaml.safe_load(SCRAPE_CONFIG.read_text())
+    assert deployed["rule_files"] == [ALERTS_MOUNTED]
     job = next(job for job in deployed["scrape_configs"] if job["job_name"] == JOB)
     assert job["authorization"]["credentials_file"] == "/run/secrets/metrics_token"
     job["authorization"]["credentials_file"] = str(token_file)
     job |= {"scrape_interval": "1s", "scrape_timeout": "1s"}
     job["static_configs"] = [{"targets": [target]}]
-    return {"scrape_configs": [job]}
+    return {
+        "global": {"evaluation_interval": "1s"},
+        "rule_files": [str(ALERTS)],
+        "scrape_configs": [job],
+    }
 
 
 class Prometheus:
@@ -288,6 +389,17 @@ class Prometheus:
         """An instant query, as Grafana's stat panels and instant targets send."""
         async with session.get(f"{self.url}/api/v1/query", params={"query": promql}) as response:
             return await response.json()
+
+    async def label_values(self, session: aiohttp.ClientSession, selector: str, label: str):
+        """What Grafana's `label_values(selector, label)` variable offers."""
+        url = f"{self.url}/api/v1/label/{label}/values"
+        async with session.get(url, params={"match[]": selector}) as response:
+            return (await response.json())["data"]
+
+    async def rules(self, session: aiohttp.ClientSession) -> list[dict]:
+        async with session.get(f"{self.url}/api/v1/rules") as response:
+            answer = await response.json()
+        return [rule for group in answer["data"]["groups"] for rule in group["rules"]]
 
     async def wait_until(self, session: aiohttp.ClientSession, promql: str, what: str) -> None:
         """Poll until `promql` has a result, within the deadline."""
@@ -361,9 +473,58 @@ async def test_every_panel_query_returns_data_from_a_real_prometheus(client, cat
             f'sum_over_time(up{{job="{JOB}"}}[1m]) >= {SCRAPES_BEFORE_QUERYING}',
             f"{SCRAPES_BEFORE_QUERYING} successful scrapes of the app",
         )
+        # The pickers offer the deploy job and the app's target; choosing
+        # them (rather than All) proves every panel follows the choice.
+        target = f"127.0.0.1:{client.server.port}"
+        dashboard = load_dashboard()
+        for name, value in (("job", JOB), ("instance", target)):
+            selector, label = variable_query(variables(dashboard)[name])
+            offered = await prometheus.label_values(session, substitute(selector), label)
+            assert value in offered, f"${name} offers {offered}, not {value}"
         problems = []
-        for title, expr in queries(load_dashboard()):
-            answer = await prometheus.query(session, substitute(expr))
+        for title, expr in queries(dashboard):
+            answer = await prometheus.query(session, substitute(expr, instance=target))
             if (problem := problem_with(answer)) is not None:
                 problems.append(f"{title!r}: {expr}\n    -> {problem}")
     assert not problems, "panels without data:\n" + "\n".join(problems)
+
+
+async def test_every_metric_an_alert_names_is_exported(client, catalogue):
+    await drive(client, catalogue)
+    exported = await exported_metric_names(client) | PROMETHEUS_OWN
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            names = metric_names(rule["expr"])
+            assert names, rule["alert"]
+            assert names <= exported, f"{rule['alert']} names {names - exported}"
+            assert all('job="clips"' in matchers(inner) for _, inner in selectors(rule["expr"])), (
+                f"{rule['alert']}: every selector takes the deploy job"
+            )
+
+
+@needs_prometheus
+async def test_every_alert_rule_evaluates_against_the_real_app(client, catalogue, prometheus):
+    """Each rule runs on the app's real series without an error (promtool's
+    unit tests, tests/test_alerts.py, prove when each fires)."""
+    async with traffic(client, catalogue), aiohttp.ClientSession() as session:
+        await prometheus.wait_until(
+            session,
+            f'sum_over_time(up{{job="{JOB}"}}[1m]) >= {SCRAPES_BEFORE_QUERYING}',
+            f"{SCRAPES_BEFORE_QUERYING} successful scrapes of the app",
+        )
+        expected = {
+            rule["alert"] for rule in yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+        }
+        rules: list[dict] = []
+
+        async def evaluated() -> bool:
+            nonlocal rules
+            prometheus.check_running()
+            rules = await prometheus.rules(session)
+            return {rule["name"] for rule in rules} == expected and all(
+                rule["health"] != "unknown" for rule in rules
+            )
+
+        await wait_until(evaluated, "prometheus: every rule evaluated", seconds=DEADLINE_SECONDS)
+    broken = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
+    assert not broken, broken
