@@ -6,11 +6,19 @@ nothing else: rendering copies `COLUMNS` from the row, and the OpenAPI
 document is generated from these classes.
 """
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated
 
 import yarl
-from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+    with_config,
+)
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from db.clips import Sort
@@ -27,11 +35,33 @@ from schemas.fields import (
     Title,
 )
 
+# What /docs shows as a sample of each shape: a seeded demo clip as a fresh
+# `make run` serves it.
+CLIP_EXAMPLE = {
+    "id": 1,
+    "title": "Sunrise Arpeggio",
+    "description": "Slow rising arpeggios.",
+    "genre": "ambient",
+    "duration_seconds": 24.0,
+    "audio_url": None,
+    "content_type": "audio/wav",
+    "play_count": 3,
+    "last_played_at": "2026-11-27T09:12:44.120512+00:00",
+    "created_at": "2026-11-26T17:44:05.386824+00:00",
+    "size_bytes": 1058444,
+    "sha256": "5d3f0f8ad2b8e3f1c7c0a1a9e4b6d2f7a8c9e0b1d2c3f4a5b6c7d8e9f0a1b2c3",
+    "bitrate": 352800,
+    "stream_url": "http://127.0.0.1:8000/clips/1/stream",
+}
 
+
+@with_config(ConfigDict(json_schema_extra={"examples": [CLIP_EXAMPLE]}))
 class Clip(TypedDict):
     """A clip as every response shows it."""
 
-    id: Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+    id: Annotated[
+        int, Field(ge=1, le=BIGINT_MAX, description=f"1 to {BIGINT_MAX} (a 64-bit integer)")
+    ]
     title: Title
     description: Description
     genre: Genre
@@ -67,6 +97,21 @@ class DayPlays(TypedDict):
     plays: Annotated[int, Field(ge=0)]
 
 
+@with_config(
+    ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **CLIP_EXAMPLE,
+                    "plays_by_day": [
+                        {"date": str(date(2026, 10, 29) + timedelta(days=n)), "plays": plays}
+                        for n, plays in enumerate([0] * 28 + [2, 1])
+                    ],
+                }
+            ]
+        }
+    )
+)
 class ClipStats(Clip):
     """A clip and its plays per UTC day, the last 30 days, oldest first."""
 
@@ -119,6 +164,9 @@ class UploadForm(BaseModel, extra="forbid"):
 class NewClip(UploadForm):
     """A clip whose audio stays at a remote URL."""
 
+    # No example: schemathesis sends schema examples, and a clip at a made-up
+    # origin would be streamed (a 502, and a DNS query) by the fuzz test.
+
     duration_seconds: DurationSeconds
     audio_url: AudioUrl
     content_type: ContentType | None = None
@@ -128,6 +176,10 @@ class NewClip(UploadForm):
 
 class ClipChanges(BaseModel, extra="forbid"):
     """PATCH /clips/{id}: the fields to change, validated like a new clip."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"title": "Sunrise Arpeggio (long)", "genre": "ambient"}]}
+    )
 
     title: Title | None = None
     description: Description | None = None

@@ -2,6 +2,7 @@
 
 from typing import NotRequired  # pydantic needs it before 3.12
 
+from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 
@@ -10,6 +11,22 @@ class FieldError(TypedDict):
     reason: str
 
 
+@with_config(
+    ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Bad Request",
+                    "status": 400,
+                    "detail": "The request body is not a valid clip",
+                    "errors": [{"field": "genre", "reason": "String should match pattern"}],
+                    "request_id": "4f1c2a9e7b3d4c5e",
+                }
+            ]
+        }
+    )
+)
 class Problem(TypedDict):
     """`application/problem+json`. `errors` names each wrong field;
     `request_id` ties the answer to a log line."""

@@ -79,6 +79,9 @@ class Chromium:
         self.executable = executable
         self.timeout = timeout  # for startup and for each protocol command
         self.requests: list[Request] = []
+        # Console errors, uncaught exceptions and the browser's own error
+        # log (failed loads, CSP violations), as "source: text" lines.
+        self.errors: list[str] = []
         self._dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -196,7 +199,18 @@ class Chromium:
                     future.set_exception(gone)
 
     def _on_event(self, method: str, params: dict) -> None:
-        if method == "Network.requestWillBeSent":
+        if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
+            args = params.get("args", [])
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in args)
+            self.errors.append(f"console: {text}")
+        elif method == "Runtime.exceptionThrown":
+            details = params["exceptionDetails"]
+            thrown = details.get("exception", {})
+            self.errors.append(f"exception: {thrown.get('description') or details.get('text')}")
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            entry = params["entry"]
+            self.errors.append(f"{entry['source']}: {entry['text']} {entry.get('url', '')}".strip())
+        elif method == "Network.requestWillBeSent":
             request = params["request"]
             headers = {k.lower(): v for k, v in request.get("headers", {}).items()}
             entry = Request(request["url"], request["method"], headers.get("range"))
@@ -255,6 +269,8 @@ class Chromium:
         self._session_id = attached["sessionId"]
         await self.send("Page.enable")
         await self.send("Network.enable")
+        await self.send("Runtime.enable")
+        await self.send("Log.enable")
 
     async def close(self) -> None:
         """Close the browser (killing it if it lingers) and delete its profile."""

@@ -118,3 +118,57 @@ async def test_a_signed_stream_url_plays_with_keys_enforced(
     await client.server.app[PLAYS].flush()
     clip = await (await client.get(f"/clips/{clip_id}", headers=headers)).json()
     assert clip["play_count"] == 1
+
+
+# What the docs page must show: every operation, the two ways to send a key,
+# and the largest id exactly (JavaScript numbers round 2**63 - 1).
+EXPAND_EVERYTHING = """(() => {
+    document.querySelectorAll(".opblock-summary-control").forEach(b => b.click());
+    document.querySelectorAll(".models .json-schema-2020-12-expand-deep-button")
+        .forEach(b => b.click());
+})()"""
+
+
+async def test_docs_page_renders_every_operation_offline(client, browser):
+    """/docs is Swagger UI from the app's own files: every operation in
+    /openapi.json becomes a block, the security schemes are offered, ids are
+    int64 and never rounded, and the page asks nothing of any other host and
+    logs no error (CSP violations included)."""
+    spec = await (await client.get("/openapi.json")).json()
+    operations = [(m, p) for p, item in spec["paths"].items() for m in item]
+    docs = client.make_url("/docs")
+
+    await browser.navigate(str(docs))
+    count = 'document.querySelectorAll(".opblock").length'
+    assert await browser.wait_for(count, lambda n: n >= len(operations), within=10) == len(
+        operations
+    )
+    shown = await browser.evaluate(
+        """Array.from(document.querySelectorAll(".opblock"), b => [
+            b.querySelector(".opblock-summary-method").textContent.toLowerCase(),
+            b.querySelector(".opblock-summary-path").dataset.path])"""
+    )
+    assert sorted(map(tuple, shown)) == sorted(operations)
+
+    await browser.evaluate('document.querySelector(".btn.authorize").click()')
+    schemes = await browser.wait_for(
+        'Array.from(document.querySelectorAll(".auth-container h4"), h => h.textContent)',
+        lambda names: len(names) == 2,
+        within=5,
+    )
+    assert [name.split()[0] for name in schemes] == ["bearer", "apiKey"]
+    await browser.evaluate('document.querySelector(".auth-btn-wrapper .btn-done").click()')
+
+    await browser.evaluate(EXPAND_EVERYTHING)
+    text = await browser.wait_for(
+        "document.body.innerText",
+        lambda t: "integer($int64)" in t and "Example Value" in t and '"sha256"' in t,
+        within=10,
+    )
+    assert "9223372036854775807" in text and "9223372036854776000" not in text
+
+    assert browser.requests and all(
+        URL(r.url).origin() == docs.origin() for r in browser.requests if r.url.startswith("http")
+    ), [r.url for r in browser.requests]
+    assert all(r.status in (200, 204, 304) for r in browser.requests), browser.requests
+    assert browser.errors == []

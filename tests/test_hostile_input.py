@@ -7,8 +7,6 @@ PostgreSQL; one test runs `python server.py` to read what it really logs.
 """
 
 import asyncio
-import base64
-import hashlib
 import io
 import json
 import logging
@@ -487,8 +485,7 @@ async def test_docs_runs_only_its_own_script_and_style(client):
     )
     assert policy["default-src"] == "'none'" and policy["connect-src"] == "'self'"
     assert policy["frame-ancestors"] == "'none'" and policy["base-uri"] == "'none'"
-    for tag, directive in (("script", "script-src"), ("style", "style-src")):
-        (inline,) = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
-        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
-        assert policy[directive] == f"'sha256-{digest}'"
-    assert "src=" not in page and "<link" not in page  # nothing else to allow
+    assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'"
+    # No inline code for the policy to allow, and nothing from elsewhere.
+    assert not re.search(r"<script>|<style|\son\w+=", page)
+    assert all(url.startswith("/") for url in re.findall(r'(?:src|href)="([^"]+)"', page))

@@ -4,6 +4,7 @@ no server error and no response that breaks it, against the real app."""
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ async def test_every_route_is_documented_and_every_documented_route_exists(app):
     served = {
         (method, path.rstrip("/") or "/")
         for method, path in app_operations(app)
-        if path not in ("/openapi.json", "/docs", "/metrics")
+        if path not in ("/openapi.json", "/docs", "/docs/{asset}", "/favicon.ico", "/metrics")
     }
     assert served == documented_operations()
 
@@ -44,7 +45,25 @@ async def test_openapi_and_docs_are_served(client):
     assert page.status == 200
     assert page.content_type == "text/html"
     html = await page.text()
-    assert "/openapi.json" in html and "<script src=" not in html  # works offline
+    # Works offline: every script and style is one of the server's own files.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert {"/docs/swagger-ui-bundle.js", "/docs/docs.js", "/docs/swagger-ui.css"} <= set(assets)
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        response = await client.get(asset)
+        assert response.status == 200, asset
+        assert response.content_type in ("text/javascript", "text/css", "application/json")
+    assert (await client.get("/docs/nothing.js")).status == 404
+    favicon = await client.get("/favicon.ico")
+    assert favicon.status == 204 and "max-age" in favicon.headers["Cache-Control"]
+
+
+def test_ids_are_int64_never_a_maximum_javascript_rounds():
+    text = json.dumps(DOCUMENT)
+    assert str(2**63 - 1) not in text.replace(f"1 to {2**63 - 1}", "")
+    clip = DOCUMENT["components"]["schemas"]["Clip"]
+    assert clip["properties"]["id"]["format"] == "int64"
+    assert clip["examples"][0].keys() == clip["properties"].keys()
 
 
 async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
