@@ -1,4 +1,4 @@
-"""Demo catalogue: `python -m db.seed [--public-urls]`.
+"""Demo catalogue: `make seed` (`python -m db.seed [--public-urls]` in the venv).
 
 The default set plays offline: it synthesises short pieces of real audio
 (16-bit PCM WAV, which every browser plays) into MEDIA_DIR. `--public-urls`
@@ -9,9 +9,11 @@ changes nothing.
 
 import argparse
 import asyncio
+import hashlib
 import math
 import wave
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -85,30 +87,60 @@ def write_wav(path: Path, samples: array) -> None:
     tmp.replace(path)
 
 
-def write_demo_files(media_dir: Path) -> list[float]:
-    """Synthesise the demo files missing from media_dir; their durations."""
+@dataclass(frozen=True)
+class Facts:
+    """What an upload records about its file, for a demo file."""
+
+    duration_seconds: float
+    size_bytes: int
+    sha256: str
+    bitrate: int  # bits per second, as mutagen reports it for PCM WAV
+
+
+def write_demo_files(media_dir: Path) -> list[Facts]:
+    """Synthesise the demo files missing from media_dir; their facts."""
     media_dir.mkdir(parents=True, exist_ok=True)
-    durations = []
+    facts = []
     for name, _, _, _, root, steps, bpm in DEMOS:
         path = media_dir / name
         if not path.exists():
             write_wav(path, synthesise(root, steps, bpm))
         with wave.open(str(path)) as audio:
-            durations.append(audio.getnframes() / audio.getframerate())
-    return durations
+            rate, width, channels = audio.getframerate(), audio.getsampwidth(), audio.getnchannels()
+            duration = audio.getnframes() / rate
+        data = path.read_bytes()
+        facts.append(
+            Facts(
+                duration, len(data), hashlib.sha256(data).hexdigest(), rate * width * 8 * channels
+            )
+        )
+    return facts
 
 
 async def seed(database_url: str, media_dir: Path, public_urls: bool = False) -> int:
-    """Add the demo clips that are missing; returns how many were added."""
-    durations = await asyncio.to_thread(write_demo_files, media_dir)
+    """Add the demo clips that are missing; returns how many were added.
+    Demo clips catalogued before their facts were recorded get them."""
+    facts = await asyncio.to_thread(write_demo_files, media_dir)
     conn = await asyncpg.connect(database_url)
     added = 0
     try:
-        for (name, title, genre, description, *_), duration in zip(DEMOS, durations, strict=True):
+        for (name, title, genre, description, *_), fact in zip(DEMOS, facts, strict=True):
             status = await conn.execute(
-                SQL["seed_stored_clip"], title, description, genre, duration, name, "audio/wav"
+                SQL["seed_stored_clip"],
+                title,
+                description,
+                genre,
+                fact.duration_seconds,
+                name,
+                "audio/wav",
+                fact.size_bytes,
+                fact.sha256,
+                fact.bitrate,
             )
             added += int(status.split()[-1])
+            await conn.execute(
+                SQL["seed_stored_facts"], name, fact.size_bytes, fact.sha256, fact.bitrate
+            )
         if public_urls:
             for title, genre, url in PUBLIC:
                 status = await conn.execute(

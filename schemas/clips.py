@@ -49,7 +49,7 @@ CLIP_EXAMPLE = {
     "last_played_at": "2026-11-27T09:12:44.120512+00:00",
     "created_at": "2026-11-26T17:44:05.386824+00:00",
     "size_bytes": 1058444,
-    "sha256": "5d3f0f8ad2b8e3f1c7c0a1a9e4b6d2f7a8c9e0b1d2c3f4a5b6c7d8e9f0a1b2c3",
+    "sha256": "1ba405076258a91e03c99dbe68e9a53623fb98887374f4c15425a62219474eb1",
     "bitrate": 352800,
     "stream_url": "http://127.0.0.1:8000/clips/1/stream",
 }

@@ -1,9 +1,14 @@
 """The demo catalogue: real audio that plays offline, loaded once."""
 
 import asyncio
+import hashlib
+import io
 import os
 import sys
 import wave
+
+import asyncpg
+import mutagen
 
 from db.seed import DEMOS, PUBLIC, seed
 from settings import ROOT
@@ -25,6 +30,32 @@ async def test_seed_adds_six_playable_clips_once(database_url, tmp_path, client)
         assert clip["audio_url"] is None  # stored here, plays offline
         assert clip["content_type"] == "audio/wav"
         assert clip["duration_seconds"] >= 20
+
+
+async def test_seeded_clips_record_their_files_facts_as_uploads_do(database_url, tmp_path, client):
+    """Size, SHA-256 and bitrate (mutagen's, as an upload gets), also for a
+    catalogue seeded before they were recorded; a restore can be checked."""
+    media = tmp_path / "seed-media"
+    await seed(database_url, media)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE clips SET size_bytes = NULL, sha256 = NULL, bitrate = NULL"
+            " WHERE media_path = $1",
+            DEMOS[0][0],
+        )
+    finally:
+        await conn.close()
+    assert await seed(database_url, media) == 0
+
+    clips = await (await client.get("/clips")).json()
+    assert len(clips) == len(DEMOS)
+    files = {title: media / name for name, title, *_ in DEMOS}
+    for clip in clips:
+        data = files[clip["title"]].read_bytes()
+        assert clip["size_bytes"] == len(data)
+        assert clip["sha256"] == hashlib.sha256(data).hexdigest()
+        assert clip["bitrate"] == mutagen.File(io.BytesIO(data)).info.bitrate
 
 
 async def test_seed_with_public_urls_adds_them_once(database_url, tmp_path, client):
