@@ -36,6 +36,14 @@ def _split_commas(value: object) -> object:
 
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_split_commas)]
 
+
+def _upper(value: object) -> object:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+# LOG_LEVEL=debug is as clear as DEBUG: logging's own names, any case.
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)]
+
 ROLES = ("read", "write")
 # Validation context: API keys a copy keeps from the settings it came from.
 KEYS_READ = "api_key_entries"
@@ -106,7 +114,7 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     clip_cache_seconds: float = Field(5.0, alias="CLIP_CACHE_SECONDS", ge=0)
     migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
+    log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["plain", "json"] = Field("plain", alias="LOG_FORMAT")
     # Bearer token Prometheus must send to read /metrics; unset = open
     # (then keep /metrics on the internal network).

@@ -103,7 +103,7 @@ def test_values_are_read_and_typed_from_the_environment(environment):
     environment("DB_ACQUIRE_TIMEOUT", "0.5")
     environment("MIGRATE_ON_START", "false")
     environment("MEDIA_DIR", "/srv/media")
-    environment("LOG_LEVEL", "DEBUG")
+    environment("LOG_LEVEL", " debug")
     environment("UPSTREAM_ALLOW", "10.0.0.0/8, cdn.internal")
     settings = load_settings()
     assert settings.host == "0.0.0.0"
