@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 # production leaves UPSTREAM_ALLOW empty (public addresses only).
 export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
 
-.PHONY: run test lint check clean test-deps bench soak
+.PHONY: run test lint check clean test-deps bench soak migrate rollback seed
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,20 @@ run: $(STAMP)
 	$(PY) -m db.migrate
 	$(PY) -m db.seed
 	$(PY) server.py
+
+# The data steps on their own, in the venv (a bare `python -m db.seed`
+# outside it fails: ModuleNotFoundError). Same settings as `make run`: the
+# embedded server under .data/ unless DATABASE_URL is set.
+migrate: $(STAMP)
+	$(PY) -m db.migrate
+
+# Undoes every migration: the catalogue and its plays are dropped.
+rollback: $(STAMP)
+	$(PY) -m db.migrate --rollback
+
+# PUBLIC_URLS=1 adds the SoundHelix examples (for machines with internet access).
+seed: $(STAMP)
+	$(PY) -m db.seed $(if $(PUBLIC_URLS),--public-urls)
 
 test: $(STAMP) test-deps
 	$(PY) -m pytest
