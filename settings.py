@@ -116,6 +116,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
     log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["plain", "json"] = Field("plain", alias="LOG_FORMAT")
+    # false: health checks and scrapes (/healthz, /readyz, /metrics), which
+    # arrive every few seconds, get no access-log line; their metrics stay.
+    access_log_probes: bool = Field(True, alias="ACCESS_LOG_PROBES")
     # Bearer token Prometheus must send to read /metrics; unset = open
     # (then keep /metrics on the internal network).
     metrics_token: str | None = Field(None, alias="METRICS_TOKEN", min_length=16, repr=False)

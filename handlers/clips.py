@@ -22,6 +22,7 @@ from web.conditions import entity_tags
 from web.pagination import decode_cursor, encode_cursor, next_link
 from web.params import parse_id, parse_json, parse_query, validate
 from web.problems import Problem
+from web.requestlog import CLIP_ID
 from web.responses import json_response
 
 routes = web.RouteTableDef()
@@ -134,6 +135,7 @@ async def create_clip(request: web.Request) -> web.Response:
         clip = await create_uploaded(request)
     else:
         clip = await create_remote(request)
+    request[CLIP_ID] = clip["id"]  # for its access-log line
     location = f"{base_url(request)}/clips/{clip['id']}"
     return json_response(
         Renderer(request).clip(clip), status=201, headers={"Location": location, "ETag": etag(clip)}

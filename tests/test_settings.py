@@ -91,6 +91,7 @@ def test_defaults():
     assert settings.migrate_on_start is True
     assert settings.media_dir == ROOT / "media"
     assert settings.log_level == "INFO"
+    assert settings.access_log_probes is True
     assert settings.db_pool_min <= settings.db_pool_max
 
 
@@ -105,6 +106,7 @@ def test_values_are_read_and_typed_from_the_environment(environment):
     environment("MEDIA_DIR", "/srv/media")
     environment("LOG_LEVEL", " debug")
     environment("UPSTREAM_ALLOW", "10.0.0.0/8, cdn.internal")
+    environment("ACCESS_LOG_PROBES", "false")
     settings = load_settings()
     assert settings.host == "0.0.0.0"
     assert settings.allow_open_api is True
@@ -116,6 +118,7 @@ def test_values_are_read_and_typed_from_the_environment(environment):
     assert settings.media_dir == Path("/srv/media")
     assert settings.log_level == "DEBUG"
     assert settings.upstream_allow == ("10.0.0.0/8", "cdn.internal")
+    assert settings.access_log_probes is False
 
 
 def test_an_empty_variable_means_the_default(environment):

@@ -10,16 +10,21 @@ import json
 import logging
 import re
 import uuid
+from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from schemas.fields import positive_bigint
+from settings import SETTINGS
 
 REQUEST_ID = web.RequestKey("REQUEST_ID", str)
 # Body bytes a stream sent: aiohttp's own count misses what sendfile sent.
 BODY_BYTES = web.RequestKey("BODY_BYTES", int)
+# The clip a request made (POST /clips), for its access-log line; a clip
+# named in the path is read from the route.
+CLIP_ID = web.RequestKey("CLIP_ID", int)
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -52,28 +57,55 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
         response.headers["X-Request-ID"] = request[REQUEST_ID]
 
 
+# Routes polled by orchestrators and Prometheus every few seconds: left out
+# of the access log with ACCESS_LOG_PROBES=false (handlers/health.py and
+# handlers/metrics.py serve them).
+PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """The response body's bytes, headers never counted. A stream counts
+    what it sent (less than its Content-Length when cut short, and what
+    sendfile sent, which aiohttp's own count misses); any other response
+    its body as sent, nothing for HEAD, 204 and 304."""
+    if BODY_BYTES in request:
+        return request[BODY_BYTES]
+    if request.method == "HEAD" or response.status in (204, 304) or response.status < 200:
+        return 0
+    if response.content_length is not None:
+        return response.content_length
+    return 0 if getattr(response, "body", None) is None else len(response.body)
+
+
 class AccessLogger(AbstractAccessLogger):
     """Fields: method, route (template, not path), status, duration_ms,
-    bytes, clip_id, request_id. LOG_FORMAT=json renders them as JSON."""
+    bytes (body bytes sent, see body_bytes), clip_id (the clip the request
+    named, or the one a POST created), request_id; a field without a value
+    is left out. LOG_FORMAT=json renders them as JSON."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         match_info = match_info_of(request)
-        clip_id = match_info.get("clip_id") if match_info is not None else None
+        route = route_of(request)
+        if route in PROBE_ROUTES and not match_info.current_app[SETTINGS].access_log_probes:
+            return
+        named = match_info.get("clip_id") if match_info is not None else None
+        clip_id = request.get(CLIP_ID) or (positive_bigint(named) if named else None)
         fields = {
             "method": request.method,
-            "route": route_of(request),
+            "route": route,
             "status": response.status,
             "duration_ms": round(time * 1000, 2),
-            "bytes": request.get(BODY_BYTES, response.body_length),
-            "clip_id": positive_bigint(clip_id) if clip_id else None,
+            "bytes": body_bytes(request, response),
+            "clip_id": clip_id,
             "request_id": request.get(REQUEST_ID),
         }
-        self.logger.info(
-            "%(method)s %(route)s %(status)s %(duration_ms).2fms %(bytes)sB clip=%(clip_id)s"
-            " id=%(request_id)s",
-            fields,
-            extra={"fields": fields},
-        )
+        fields = {name: value for name, value in fields.items() if value is not None}
+        message = "%(method)s %(route)s %(status)s %(duration_ms).2fms %(bytes)sB"
+        if "clip_id" in fields:
+            message += " clip=%(clip_id)s"
+        if "request_id" in fields:
+            message += " id=%(request_id)s"
+        self.logger.info(message, fields, extra={"fields": fields})
 
 
 # What must never reach a log line raw: C0 and C1 controls (CR and LF end a
@@ -96,6 +128,14 @@ def escape_controls(text: str) -> str:
 def continuation(text: str) -> str:
     """A multi-line text (a traceback) as continuation lines, each escaped."""
     return "\n".join(CONTINUATION + escape_controls(line) for line in text.split("\n"))
+
+
+def utc_time(record: logging.LogRecord) -> str:
+    """When the record was made: UTC, ISO 8601 to the millisecond, with its
+    zone (`2026-11-30T12:00:00.123Z`), in every format, so lines from
+    hosts in different zones sort and compare as written."""
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _trailer(formatter: logging.Formatter, record: logging.LogRecord) -> list[str]:
@@ -121,7 +161,7 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.getMessage())
-        record.asctime = self.formatTime(record, self.datefmt)
+        record.asctime = utc_time(record)
         return "\n".join([self.formatMessage(record), *_trailer(self, record)])
 
 
@@ -134,7 +174,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": self.formatTime(record),
+            "time": utc_time(record),
             "level": record.levelname,
             "logger": record.name,
         }
