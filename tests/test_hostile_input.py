@@ -41,11 +41,11 @@ SECRET = "stream-secret-0123456789"
 TOKEN = "metrics-token-0123456789"
 # The request of issue 14, finding 4: a path whose %0A would start a line
 # that reads as a record of its own, with a key that is not UTF-8.
-FORGED = "2026-11-30 13:40:00,000 WARNING handlers.auth: FORGED"
+FORGED = "2026-11-30T13:40:00.000Z WARNING handlers.auth: FORGED"
 FORGING_TARGET = b"/clips%0A" + quote_from_bytes(FORGED.encode(), safe=":,").encode()
 NOT_UTF8 = [(b"Authorization", b"Bearer \xff\xfe\xc3(")]
 PLAIN_RECORD = re.compile(
-    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
 )
 
 
@@ -180,7 +180,7 @@ async def test_an_odd_clip_id_is_a_400_or_a_403_not_a_500(keyed_client, access_l
             {"field": "clip_id", "reason": "not a positive 64-bit integer"}
         ]
     assert [r.fields["status"] for r in access_log] == [403, 400, 400, 400]
-    assert {r.fields["clip_id"] for r in access_log} == {None}
+    assert all("clip_id" not in r.fields for r in access_log)
 
 
 async def test_a_range_of_5000_digits_is_malformed_so_ignored(client, make_clip):
