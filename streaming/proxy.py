@@ -33,11 +33,13 @@ the body is short.
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from db.clips import Row
@@ -145,6 +147,19 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
             f"The server is at its limit of audio origin connections ({busy}): try again shortly",
             headers={"Retry-After": str(BUSY_RETRY_AFTER)},
         ) from None
+    except Problem as problem:
+        if problem.status in (502, 504) and (problem.detail or "").startswith(ORIGIN):
+            # One line per failure, for the operator: which clip, which
+            # host, what happened (the listener's problem says the same
+            # words; the guard logs what a refused name resolved to).
+            log.warning(
+                "clip %s: origin %s %s (%d)",
+                clip["id"],
+                yarl.URL(clip["audio_url"]).host,
+                problem.detail.removeprefix(ORIGIN),
+                problem.status,
+            )
+        raise
 
 
 async def send_from_origin(
@@ -180,6 +195,41 @@ async def send_from_origin(
     return response
 
 
+# Every problem an origin causes starts so; the rest says what happened.
+ORIGIN = "The clip's audio origin "
+
+
+def failure(error: BaseException) -> str:
+    """What went wrong with an origin, in words a listener and an operator
+    both read, never an address: aiohttp's own messages name the address
+    connected to, which may be internal (the guard's messages never do)."""
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return "timed out: no connection within UPSTREAM_CONNECT_TIMEOUT"
+    if isinstance(error, TimeoutError):
+        return "timed out: no answer within UPSTREAM_HEADERS_TIMEOUT"
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return "could not be reached: its host name was not found"
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        return "failed TLS: its certificate could not be verified"
+    if isinstance(error, aiohttp.ClientSSLError):
+        return "failed TLS: the secure connection could not be set up"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return "could not be reached: connection refused"
+        # The errno's words: asyncio's own message quotes the address.
+        number = error.os_error.errno
+        return f"could not be reached: {os.strerror(number).lower() if number else 'no connection'}"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "closed the connection without answering"
+    if isinstance(error, aiohttp.ClientResponseError):
+        return "sent an answer that is not valid HTTP"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "sent a broken body"
+    if isinstance(error, aiohttp.ClientOSError):
+        return "dropped the connection"
+    return f"failed ({type(error).__name__})"
+
+
 async def open_origin(
     request: web.Request, clip: Row, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
@@ -191,14 +241,13 @@ async def open_origin(
         origin = await upstream.open(request.method, clip["audio_url"], headers)
     except UpstreamRefused as refused:
         metrics.upstream_requests.labels("refused").inc()
-        raise Problem(502, f"The clip's audio origin is refused: {refused}") from None
-    except TimeoutError:
+        raise Problem(502, f"{ORIGIN}is refused: {refused}") from None
+    except TimeoutError as error:
         metrics.upstream_requests.labels("timeout").inc()
-        raise Problem(504, "The clip's audio origin did not answer in time") from None
+        raise Problem(504, f"{ORIGIN}{failure(error)}") from None
     except aiohttp.ClientError as error:
         metrics.upstream_requests.labels("connect_error").inc()
-        reason = type(error).__name__
-        raise Problem(502, f"The clip's audio origin is unreachable ({reason})") from None
+        raise Problem(502, f"{ORIGIN}{failure(error)}") from None
     metrics.upstream_ttfb.observe(time.perf_counter() - started)
     metrics.upstream_requests.labels(
         f"{origin.status // 100}xx" if origin.status >= 400 else "ok"
@@ -228,18 +277,18 @@ class Part:
                 headers={k: v for k, v in origin.headers.items() if k == "Content-Range"},
             )
         if origin.status not in (200, 206, 304):
-            raise Problem(502, f"The clip's audio origin answered {origin.status}")
+            raise Problem(502, f"{ORIGIN}answered {origin.status}")
         status, length = origin.status, origin.content_length
         coding = origin.headers.get("Content-Encoding", "identity").strip().lower()
         if coding not in ("", "identity"):
-            raise Problem(502, f"The clip's audio origin sent an encoded body ({coding[:40]})")
+            raise Problem(502, f"{ORIGIN}sent an encoded body ({coding[:40]})")
         headers = {
             **STREAM_HEADERS,
             "Content-Type": audio_type(origin.headers.get("Content-Type"), clip["content_type"]),
             **{k: origin.headers[k] for k in VALIDATORS if k in origin.headers},
         }
         if length == 0 and status != 304:
-            raise Problem(502, "The clip's audio origin sent an empty body")
+            raise Problem(502, f"{ORIGIN}sent an empty body")
         if status == 206:
             sent = checked_part(asked, origin.headers.get("Content-Range"), length)
             if asked is None:
@@ -289,12 +338,11 @@ class Part:
             async with asyncio.timeout(settings.upstream_headers_timeout):
                 return await self._first_bytes(origin, chunk_bytes)
         except TimeoutError:  # aiohttp's read timeout is one too
-            raise Problem(504, "The clip's audio origin did not send its audio in time") from None
-        except aiohttp.ClientError as error:
-            reason = type(error).__name__
             raise Problem(
-                502, f"The clip's audio origin failed before its audio ({reason})"
+                504, f"{ORIGIN}timed out: no audio within UPSTREAM_HEADERS_TIMEOUT"
             ) from None
+        except aiohttp.ClientError as error:
+            raise Problem(502, f"{ORIGIN}{failure(error)} before its audio") from None
 
     async def _first_bytes(self, origin: aiohttp.ClientResponse, chunk_bytes: int) -> bytes:
         if self.length is not None or self.status == 200:
@@ -307,7 +355,7 @@ class Part:
             self.length = self.limit = len(first)
             self.headers["Content-Range"] = f"bytes 0-{len(first) - 1}/*"
         if not first:
-            raise Problem(502, "The clip's audio origin sent an empty body")
+            raise Problem(502, f"{ORIGIN}sent an empty body")
         return first
 
     async def body(
@@ -343,12 +391,12 @@ def checked_part(
     a request of the whole body must be all of it."""
     sent = content_range(value)
     if sent is None:
-        raise Problem(502, "The clip's audio origin sent a part without a valid range")
+        raise Problem(502, f"{ORIGIN}sent a part without a valid range")
     first, last, size = sent
     if length is not None and length != last - first + 1:
         raise Problem(
             502,
-            f"The clip's audio origin sent a part of {last - first + 1} bytes "
+            f"{ORIGIN}sent a part of {last - first + 1} bytes "
             f"(bytes {first}-{last}) with a Content-Length of {length}",
         )
     if asked is None:
@@ -361,9 +409,7 @@ def checked_part(
         answers = first == asked.first and (asked.last is None or last <= asked.last)
     if not answers:
         what = "all of it" if asked is None else asked.header()
-        raise Problem(
-            502, f"The clip's audio origin sent bytes {first}-{last} when asked for {what}"
-        )
+        raise Problem(502, f"{ORIGIN}sent bytes {first}-{last} when asked for {what}")
     return sent
 
 

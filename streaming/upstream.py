@@ -87,7 +87,7 @@ class UpstreamGuard:
         if ip is None and is_localhost(host):
             ip = LOOPBACK  # RFC 6761: such names always mean this machine
         if ip is not None and not self.allows_address(ip):
-            log.warning("upstream refused: %s is %s, not a public address", host, ip)
+            log.info("upstream refused: %s is %s, not a public address", host, ip)
             raise UpstreamRefused(NOT_PUBLIC)
 
     async def check_url_resolving(self, url: yarl.URL, resolver: AbstractResolver) -> None:
@@ -152,7 +152,7 @@ class GuardedResolver(AbstractResolver):
         allowed = [r for r in results if self._guard.allows_address(literal_address(r["host"]))]
         if not allowed:
             addresses = ", ".join(sorted({r["host"] for r in results}))
-            log.warning("upstream refused: %s resolves to %s, not public", host, addresses)
+            log.info("upstream refused: %s resolves to %s, not public", host, addresses)
             raise UpstreamRefused(NOT_PUBLIC)
         return allowed
 

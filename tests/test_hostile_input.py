@@ -392,7 +392,7 @@ async def test_a_name_resolving_inward_is_refused_without_its_address(
 ):
     client = await make_client(settings.changed({"upstream_allow": ()}))
     monkeypatch.setattr(client.server.app[UPSTREAM].resolver, "_resolver", InternalDns())
-    caplog.set_level(logging.WARNING, logger="streaming.upstream")
+    caplog.set_level(logging.INFO, logger="streaming.upstream")
     body = {
         "title": "Inward",
         "genre": "rock",
