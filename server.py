@@ -8,13 +8,16 @@ this module (tests/test_architecture.py).
 """
 
 import contextlib
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,15 +46,6 @@ MAX_JSON_BODY = 64 * 1024
 
 # Options of the HTTP server itself, shared with the tests' server.
 SERVER_OPTIONS = {"access_log_class": requestlog.AccessLogger}
-
-
-async def announce_shutdown(app: web.Application) -> None:
-    """Runs once the listening socket is closed, before in-flight requests
-    are waited for: tells the operator what the next seconds are."""
-    log.info(
-        "shutting down: no new connections; in-flight requests get up to %.0f s",
-        app[SETTINGS].shutdown_grace,
-    )
 
 
 def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Application:
@@ -105,7 +99,6 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             sampling_ctx,
         ]
     )
-    app.on_shutdown.append(announce_shutdown)
     app.on_response_prepare.extend(
         [requestlog.add_request_id, responses.add_default_headers, cors.add_headers, count_play]
     )
@@ -133,16 +126,37 @@ def configure_logging(settings: Settings) -> None:
 
 
 def serve(settings: Settings, metrics_dir: Path | None = None) -> None:
-    """Run one server process until SIGINT or SIGTERM."""
-    log.info("starting on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
-    with failing_in_one_line():
+    """Run one server process until SIGINT or SIGTERM. Says where it serves
+    once it listens (not before: a port in use is one line of its own) and,
+    at the end, "stopped" with how long the drain took."""
+    app = create_app(settings, metrics_dir)
+    listened, draining_since = [], []
+
+    async def announce_shutdown(app: web.Application) -> None:
+        # The listening socket is closed; in-flight requests now finish.
+        # A server that never listened (its port was taken) has nothing to
+        # drain and says nothing of it.
+        if listened:
+            draining_since.append(time.monotonic())
+            log.info(
+                "shutting down: no new connections; in-flight requests get up to %.0f s",
+                settings.shutdown_grace,
+            )
+
+    def listening(_banner: str) -> None:
+        # run_app's `print`, called once every socket is bound.
+        listened.append(True)
+        log.info("serving on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+
+    app.on_shutdown.append(announce_shutdown)
+    with failing_in_one_line(settings):
         web.run_app(
-            create_app(settings, metrics_dir),
+            app,
             host=settings.host,
             port=settings.port,
             reuse_port=settings.workers > 1,
             shutdown_timeout=settings.shutdown_grace,
-            print=None,
+            print=listening,
             access_log=logging.getLogger("clips.access"),
             # Cancel a handler when its client goes away, so an abandoned
             # stream releases its upstream connection at once (aiohttp's
@@ -150,17 +164,55 @@ def serve(settings: Settings, metrics_dir: Path | None = None) -> None:
             handler_cancellation=True,
             **SERVER_OPTIONS,
         )
+    if draining_since:
+        log.info("stopped (drained in %.1f s)", time.monotonic() - draining_since[0])
+
+
+def port_in_use(settings: Settings) -> SystemExit:
+    return SystemExit(f"port {settings.port} is in use (set PORT)")
+
+
+def check_port(settings: Settings) -> None:
+    """Stop at once, in one line, when HOST:PORT is taken: before the
+    embedded database starts and the app's resources open, so nothing else
+    is printed first. (Binding can still lose a race; serve() then says the
+    same.)"""
+    try:
+        addresses = socket.getaddrinfo(
+            settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return  # the real start says what is wrong with HOST
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio binds: a port in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise port_in_use(settings) from None
 
 
 @contextlib.contextmanager
-def failing_in_one_line() -> Iterator[None]:
+def failing_in_one_line(settings: Settings) -> Iterator[None]:
     """Start-up failed (database unreachable, port taken): one line, like a
     bad setting, not a traceback."""
     try:
         yield
-    except (OSError, *STARTUP_ERRORS) as error:
-        reason = str(error).strip().partition("\n")[0] or type(error).__name__
-        raise SystemExit(f"server: cannot start: {reason}") from None
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise port_in_use(settings) from None
+        raise cannot_start(error) from None
+    except STARTUP_ERRORS as error:
+        raise cannot_start(error) from None
+
+
+def cannot_start(error: BaseException) -> SystemExit:
+    reason = str(error).strip().partition("\n")[0] or type(error).__name__
+    return SystemExit(f"server: cannot start: {reason}")
 
 
 def worker(settings: Settings, metrics_dir: Path) -> None:
@@ -197,9 +249,12 @@ def supervise(settings: Settings, metrics_dir: Path) -> None:
     for process in workers:
         process.start()
     stopping = False
+    asked_at = 0.0
 
     def stop(signum: int = signal.SIGTERM, frame: object = None) -> None:
-        nonlocal stopping
+        nonlocal stopping, asked_at
+        if not stopping:
+            asked_at = time.monotonic()
         stopping = True
         for process in workers:
             if process.is_alive():
@@ -224,19 +279,21 @@ def supervise(settings: Settings, metrics_dir: Path) -> None:
     # Asked to stop: a worker still starting up dies of the SIGTERM itself,
     # which is as clean as a drained exit.
     failed = [abs(p.exitcode) for p in workers if p.exitcode not in (0, -signal.SIGTERM)]
+    log.info("stopped (%d workers drained in %.1f s)", len(workers), time.monotonic() - asked_at)
     sys.exit(max(failed, default=0))
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging(settings)
+    check_port(settings)
     with database(settings) as url:
         settings = settings.changed({"database_url": url})
         if settings.workers == 1:
             serve(settings)
             return
         if settings.migrate_on_start:  # once, before the workers race for it
-            with failing_in_one_line():
+            with failing_in_one_line(settings):
                 migrate.apply(url)
         serve_workers(settings.changed({"migrate_on_start": False}))
 
