@@ -1,10 +1,18 @@
 # Soundverse Clips: `make run` serves the demo catalogue, `make test` runs the suite.
-# Both install what they need into .venv first.
+# Both install what they need into .venv first: `make run` the runtime set and
+# the embedded PostgreSQL (requirements-run.txt), everything else the
+# development set too (requirements-dev.txt, which includes the former).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+# A stamp per set, named by the checksum of the files that make it up: a
+# changed file, or a venv that had only the other set, installs again.
+RUN_REQUIREMENTS := requirements.txt requirements-run.txt
+DEV_REQUIREMENTS := $(RUN_REQUIREMENTS) requirements-dev.txt
+checksum = $(shell cat $(1) | cksum | cut -d' ' -f1)
+RUN_STAMP := $(VENV)/.installed-run-$(call checksum,$(RUN_REQUIREMENTS))
+DEV_STAMP := $(VENV)/.installed-dev-$(call checksum,$(DEV_REQUIREMENTS))
 
 # The development server may fetch audio from origins on this machine;
 # production leaves UPSTREAM_ALLOW empty (public addresses only).
@@ -12,14 +20,24 @@ export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
 
 .PHONY: run test lint check clean test-deps bench soak migrate rollback seed
 
-$(STAMP): requirements.txt requirements-dev.txt
+define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(1)
+endef
+
+$(RUN_STAMP): $(RUN_REQUIREMENTS)
+	$(call install,requirements-run.txt)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-run: $(STAMP)
+# The development set holds the runtime one: both stamps hold after it.
+$(DEV_STAMP): $(DEV_REQUIREMENTS)
+	$(call install,requirements-dev.txt)
+	rm -f $(VENV)/.installed-*
+	touch $@ $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	$(PY) -m db.migrate
 	$(PY) -m db.seed
 	$(PY) server.py
@@ -27,18 +45,18 @@ run: $(STAMP)
 # The data steps on their own, in the venv (a bare `python -m db.seed`
 # outside it fails: ModuleNotFoundError). Same settings as `make run`: the
 # embedded server under .data/ unless DATABASE_URL is set.
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(PY) -m db.migrate
 
 # Undoes every migration: the catalogue and its plays are dropped.
-rollback: $(STAMP)
+rollback: $(RUN_STAMP)
 	$(PY) -m db.migrate --rollback
 
 # PUBLIC_URLS=1 adds the SoundHelix examples (for machines with internet access).
-seed: $(STAMP)
+seed: $(RUN_STAMP)
 	$(PY) -m db.seed $(if $(PUBLIC_URLS),--public-urls)
 
-test: $(STAMP) test-deps
+test: $(DEV_STAMP) test-deps
 	$(PY) -m pytest
 
 # Real programs some tests drive: headless Chromium (end-to-end playback),
@@ -60,14 +78,14 @@ test-deps:
 	fi
 
 # One-command benchmark against a real nginx origin (see bench/README.md).
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m bench
 
 # Ten minutes of mixed load, looking for leaks (see bench/README.md, "Soak").
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	$(PY) -m bench.soak
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
