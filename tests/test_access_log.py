@@ -102,6 +102,19 @@ async def test_probes_can_be_left_out_of_the_access_log(settings, make_client, a
     assert 'route="/healthz"' in scraped  # still counted, only not logged
 
 
+async def test_a_failed_probe_is_always_logged(settings, make_client, access_log):
+    """A 401 on /metrics may be someone guessing the token: never hidden."""
+    quiet = await make_client(
+        settings.changed({"access_log_probes": False, "metrics_token": "metrics-token-0123456789"})
+    )
+    for _ in range(3):
+        response = await quiet.get("/metrics", headers={"Authorization": "Bearer guess"})
+        assert response.status == 401
+    assert [(r.fields["route"], r.fields["status"]) for r in access_lines(access_log)] == [
+        ("/metrics", 401)
+    ] * 3
+
+
 async def test_probes_are_logged_by_default(client, access_log):
     for path in ("/healthz", "/readyz", "/metrics"):
         await (await client.get(path)).read()

@@ -57,9 +57,11 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
         response.headers["X-Request-ID"] = request[REQUEST_ID]
 
 
-# Routes polled by orchestrators and Prometheus every few seconds: left out
-# of the access log with ACCESS_LOG_PROBES=false (handlers/health.py and
-# handlers/metrics.py serve them).
+# Routes polled by orchestrators and Prometheus every few seconds: their
+# successful answers are left out of the access log with
+# ACCESS_LOG_PROBES=false (handlers/health.py and handlers/metrics.py serve
+# them). A failed one is always logged: a 401 on /metrics may be someone
+# guessing the token, a 503 on /readyz is news.
 PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -86,7 +88,11 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         match_info = match_info_of(request)
         route = route_of(request)
-        if route in PROBE_ROUTES and not match_info.current_app[SETTINGS].access_log_probes:
+        if (
+            route in PROBE_ROUTES
+            and response.status < 400
+            and not match_info.current_app[SETTINGS].access_log_probes
+        ):
             return
         named = match_info.get("clip_id") if match_info is not None else None
         clip_id = request.get(CLIP_ID) or (positive_bigint(named) if named else None)
