@@ -7,6 +7,7 @@ runs one server process or supervises WORKERS of them. Nothing imports
 this module (tests/test_architecture.py).
 """
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -149,6 +150,8 @@ def serve(settings: Settings, metrics_dir: Path | None = None) -> None:
         log.info("serving on http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
 
     app.on_shutdown.append(announce_shutdown)
+    if metrics_dir is not None:  # a worker of several
+        app.on_startup.append(leave_interrupts_to_the_supervisor)
     with failing_in_one_line(settings):
         web.run_app(
             app,
@@ -220,6 +223,15 @@ def worker(settings: Settings, metrics_dir: Path) -> None:
     imported prometheus_client with the supervisor's PROMETHEUS_MULTIPROC_DIR)."""
     configure_logging(settings)
     serve(settings, metrics_dir)
+
+
+async def leave_interrupts_to_the_supervisor(app: web.Application) -> None:
+    """on_startup, in a worker: Ctrl-C reaches the whole process group, and
+    the supervisor then sends each worker SIGTERM; a worker that also acted
+    on the SIGINT would be stopped twice, its drain cut short and its exit
+    code 1. So a worker stops on SIGTERM only."""
+    asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def serve_workers(settings: Settings) -> None:

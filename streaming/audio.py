@@ -103,12 +103,21 @@ class Busy(Exception):
     """No worker came free within the budget."""
 
 
+def ignore_interrupts() -> None:
+    """In a reader process: Ctrl-C reaches the whole process group, but the
+    app decides when its readers stop (no KeyboardInterrupt traceback on
+    the terminal mid-shutdown)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Worker:
     """One process (a single-process executor), and its pid so that it can be
     killed when a read overruns."""
 
     def __init__(self, context: multiprocessing.context.BaseContext):
-        self.executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=context, initializer=ignore_interrupts
+        )
         self.pid: int | None = None
 
     async def start(self) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import free_port, wait_until
+from tests.support import MP3, free_port, upload_form, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STOPPED = re.compile(r".* INFO __main__: stopped \((\d+ workers )?drained in \d+\.\d s\)")
@@ -87,3 +87,45 @@ async def test_a_stop_ends_on_stopped_with_the_drain_time(database_url, tmp_path
     lines = log.read_text().splitlines()
     assert STOPPED.fullmatch(lines[-1]), lines
     assert "shutting down: no new connections" in log.read_text()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_ctrl_c_to_the_whole_group_stops_cleanly(database_url, tmp_path, workers):
+    """Ctrl-C in a terminal signals every process of the group: workers,
+    and the audio readers an upload started. Each stops once, exit 0, and
+    nothing but log records reaches the terminal (no KeyboardInterrupt
+    traceback from a reader)."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            ROOT / "server.py",
+            env=server_env(database_url, port, tmp_path, WORKERS=workers),
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # its own group, as a terminal's job
+        )
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def serving() -> bool:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_until(serving, "the server answers", seconds=30, details=log.read_text)
+            form = upload_form(MP3)
+            async with session.post(f"http://127.0.0.1:{port}/clips", data=form) as response:
+                assert response.status == 201, await response.text()
+        os.killpg(process.pid, signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 20) == 0, log.read_text()
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    text = log.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert STOPPED.fullmatch(text.splitlines()[-1]), text
