@@ -139,7 +139,8 @@ def problem(status: int) -> dict:
                     "type": "about:blank",
                     "title": HTTPStatus(status).phrase,
                     "status": status,
-                    "detail": PROBLEMS[status],
+                    # The meaning is Markdown for the page; the body is text.
+                    "detail": PROBLEMS[status].replace("`", ""),
                     "request_id": "4f1c2a9e7b3d4c5e",
                 },
             }
