@@ -51,12 +51,10 @@ async def test_a_taken_port_is_one_line_naming_it(database_url, tmp_path, worker
     assert output.decode().splitlines() == [f"port {port} is in use (set PORT)"]
 
 
-@pytest.mark.parametrize(
-    ("workers", "sign"), [("1", signal.SIGINT), ("1", signal.SIGTERM), ("2", signal.SIGINT)]
-)
-async def test_a_stop_ends_on_stopped_with_the_drain_time(database_url, tmp_path, workers, sign):
-    port = free_port()
-    log = tmp_path / "server.log"
+async def start_serving(
+    database_url: str, port: int, tmp_path: Path, log: Path, workers: str, new_group=False
+) -> asyncio.subprocess.Process:
+    """`python server.py`, once it answers /healthz; its output goes to `log`."""
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -64,6 +62,7 @@ async def test_a_stop_ends_on_stopped_with_the_drain_time(database_url, tmp_path
             env=server_env(database_url, port, tmp_path, WORKERS=workers),
             stdout=out,
             stderr=out,
+            start_new_session=new_group,
         )
     try:
         async with aiohttp.ClientSession() as session:
@@ -76,6 +75,21 @@ async def test_a_stop_ends_on_stopped_with_the_drain_time(database_url, tmp_path
                     return False
 
             await wait_until(serving, "the server answers", seconds=30, details=log.read_text)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return process
+
+
+@pytest.mark.parametrize(
+    ("workers", "sign"), [("1", signal.SIGINT), ("1", signal.SIGTERM), ("2", signal.SIGINT)]
+)
+async def test_a_stop_ends_on_stopped_with_the_drain_time(database_url, tmp_path, workers, sign):
+    port = free_port()
+    log = tmp_path / "server.log"
+    process = await start_serving(database_url, port, tmp_path, log, workers)
+    try:
         lines = log.read_text().splitlines()
         assert any(f"serving on http://127.0.0.1:{port}" in line for line in lines), lines
         process.send_signal(sign)
@@ -97,26 +111,10 @@ async def test_ctrl_c_to_the_whole_group_stops_cleanly(database_url, tmp_path, w
     traceback from a reader)."""
     port = free_port()
     log = tmp_path / "server.log"
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            ROOT / "server.py",
-            env=server_env(database_url, port, tmp_path, WORKERS=workers),
-            stdout=out,
-            stderr=out,
-            start_new_session=True,  # its own group, as a terminal's job
-        )
+    # Its own process group, as a terminal's job.
+    process = await start_serving(database_url, port, tmp_path, log, workers, new_group=True)
     try:
         async with aiohttp.ClientSession() as session:
-
-            async def serving() -> bool:
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
-                        return response.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await wait_until(serving, "the server answers", seconds=30, details=log.read_text)
             form = upload_form(MP3)
             async with session.post(f"http://127.0.0.1:{port}/clips", data=form) as response:
                 assert response.status == 201, await response.text()
