@@ -147,18 +147,17 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
             f"The server is at its limit of audio origin connections ({busy}): try again shortly",
             headers={"Retry-After": str(BUSY_RETRY_AFTER)},
         ) from None
-    except Problem as problem:
-        if problem.status in (502, 504) and (problem.detail or "").startswith(ORIGIN):
-            # One line per failure, for the operator: which clip, which
-            # host, what happened (the listener's problem says the same
-            # words; the guard logs what a refused name resolved to).
-            log.warning(
-                "clip %s: origin %s %s (%d)",
-                clip["id"],
-                yarl.URL(clip["audio_url"]).host,
-                problem.detail.removeprefix(ORIGIN),
-                problem.status,
-            )
+    except OriginFailed as failed:
+        # One line per failure, for the operator: which clip, which host,
+        # what happened (the listener's problem says the same words; the
+        # guard logs what a refused name resolved to).
+        log.warning(
+            "clip %s: origin %s %s (%d)",
+            clip["id"],
+            yarl.URL(clip["audio_url"]).host,
+            failed.what,
+            failed.status,
+        )
         raise
 
 
@@ -195,8 +194,13 @@ async def send_from_origin(
     return response
 
 
-# Every problem an origin causes starts so; the rest says what happened.
-ORIGIN = "The clip's audio origin "
+class OriginFailed(Problem):
+    """A 502 or 504 the clip's origin caused; `what` says what happened, in
+    words (never an address), for the listener and the log alike."""
+
+    def __init__(self, status: int, what: str):
+        super().__init__(status, f"The clip's audio origin {what}")
+        self.what = what
 
 
 def failure(error: BaseException) -> str:
@@ -241,13 +245,13 @@ async def open_origin(
         origin = await upstream.open(request.method, clip["audio_url"], headers)
     except UpstreamRefused as refused:
         metrics.upstream_requests.labels("refused").inc()
-        raise Problem(502, f"{ORIGIN}is refused: {refused}") from None
+        raise OriginFailed(502, f"is refused: {refused}") from None
     except TimeoutError as error:
         metrics.upstream_requests.labels("timeout").inc()
-        raise Problem(504, f"{ORIGIN}{failure(error)}") from None
+        raise OriginFailed(504, failure(error)) from None
     except aiohttp.ClientError as error:
         metrics.upstream_requests.labels("connect_error").inc()
-        raise Problem(502, f"{ORIGIN}{failure(error)}") from None
+        raise OriginFailed(502, failure(error)) from None
     metrics.upstream_ttfb.observe(time.perf_counter() - started)
     metrics.upstream_requests.labels(
         f"{origin.status // 100}xx" if origin.status >= 400 else "ok"
@@ -277,18 +281,18 @@ class Part:
                 headers={k: v for k, v in origin.headers.items() if k == "Content-Range"},
             )
         if origin.status not in (200, 206, 304):
-            raise Problem(502, f"{ORIGIN}answered {origin.status}")
+            raise OriginFailed(502, f"answered {origin.status}")
         status, length = origin.status, origin.content_length
         coding = origin.headers.get("Content-Encoding", "identity").strip().lower()
         if coding not in ("", "identity"):
-            raise Problem(502, f"{ORIGIN}sent an encoded body ({coding[:40]})")
+            raise OriginFailed(502, f"sent an encoded body ({coding[:40]})")
         headers = {
             **STREAM_HEADERS,
             "Content-Type": audio_type(origin.headers.get("Content-Type"), clip["content_type"]),
             **{k: origin.headers[k] for k in VALIDATORS if k in origin.headers},
         }
         if length == 0 and status != 304:
-            raise Problem(502, f"{ORIGIN}sent an empty body")
+            raise OriginFailed(502, "sent an empty body")
         if status == 206:
             sent = checked_part(asked, origin.headers.get("Content-Range"), length)
             if asked is None:
@@ -338,11 +342,9 @@ class Part:
             async with asyncio.timeout(settings.upstream_headers_timeout):
                 return await self._first_bytes(origin, chunk_bytes)
         except TimeoutError:  # aiohttp's read timeout is one too
-            raise Problem(
-                504, f"{ORIGIN}timed out: no audio within UPSTREAM_HEADERS_TIMEOUT"
-            ) from None
+            raise OriginFailed(504, "timed out: no audio within UPSTREAM_HEADERS_TIMEOUT") from None
         except aiohttp.ClientError as error:
-            raise Problem(502, f"{ORIGIN}{failure(error)} before its audio") from None
+            raise OriginFailed(502, f"{failure(error)} before its audio") from None
 
     async def _first_bytes(self, origin: aiohttp.ClientResponse, chunk_bytes: int) -> bytes:
         if self.length is not None or self.status == 200:
@@ -355,7 +357,7 @@ class Part:
             self.length = self.limit = len(first)
             self.headers["Content-Range"] = f"bytes 0-{len(first) - 1}/*"
         if not first:
-            raise Problem(502, f"{ORIGIN}sent an empty body")
+            raise OriginFailed(502, "sent an empty body")
         return first
 
     async def body(
@@ -391,12 +393,12 @@ def checked_part(
     a request of the whole body must be all of it."""
     sent = content_range(value)
     if sent is None:
-        raise Problem(502, f"{ORIGIN}sent a part without a valid range")
+        raise OriginFailed(502, "sent a part without a valid range")
     first, last, size = sent
     if length is not None and length != last - first + 1:
-        raise Problem(
+        raise OriginFailed(
             502,
-            f"{ORIGIN}sent a part of {last - first + 1} bytes "
+            f"sent a part of {last - first + 1} bytes "
             f"(bytes {first}-{last}) with a Content-Length of {length}",
         )
     if asked is None:
@@ -409,7 +411,7 @@ def checked_part(
         answers = first == asked.first and (asked.last is None or last <= asked.last)
     if not answers:
         what = "all of it" if asked is None else asked.header()
-        raise Problem(502, f"{ORIGIN}sent bytes {first}-{last} when asked for {what}")
+        raise OriginFailed(502, f"sent bytes {first}-{last} when asked for {what}")
     return sent
 
 
