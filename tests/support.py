@@ -138,3 +138,29 @@ async def read_status(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     status_line = await reader.readline()
     rest = await reader.readuntil(b"\r\n\r\n")
     return int(status_line.split()[1]), rest
+
+
+async def send_slowly(
+    client, head: bytes, body: bytes, *, first: int, trickle: float | None
+) -> tuple[int, bytes]:
+    """Send `head` and the body's first `first` bytes on a raw socket, then
+    nothing more (`trickle` None: a stalled body) or one byte every
+    `trickle` seconds; the status and what follows it (headers, then up to
+    2,000 body bytes), once the server answers, within 10 s."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head + body[:first])
+
+    async def drip() -> None:
+        for byte in body[first:]:
+            await asyncio.sleep(trickle)  # the client's pace, not a wait for the server
+            writer.write(bytes([byte]))
+
+    dripping = asyncio.create_task(drip()) if trickle else None
+    try:
+        async with asyncio.timeout(10):
+            status, rest = await read_status(reader)
+            return status, rest + await reader.read(2000)
+    finally:
+        if dripping:
+            dripping.cancel()
+        writer.close()

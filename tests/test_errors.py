@@ -1,6 +1,5 @@
 """Every error is an RFC 9457 problem a client can read, and changes nothing."""
 
-import asyncio
 import base64
 import json
 import logging
@@ -10,7 +9,7 @@ import yarl
 
 from db import POOL
 from db.clips import get_clip
-from tests.support import MP3, clip_count, error_fields, raw_form, read_problem, read_status
+from tests.support import MP3, clip_count, error_fields, raw_form, read_problem, send_slowly
 
 
 def cursor(*parts) -> str:
@@ -186,23 +185,7 @@ async def test_a_json_body_that_stalls_or_trickles_is_cut_with_408(
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(head + body[:10])
-
-    async def drip() -> None:
-        for byte in body[10:]:
-            await asyncio.sleep(trickle)  # the client's pace, not a wait for the server
-            writer.write(bytes([byte]))
-
-    dripping = asyncio.create_task(drip()) if trickle else None
-    try:
-        async with asyncio.timeout(10):
-            status, rest = await read_status(reader)
-            rest += await reader.read(2000)
-    finally:
-        if dripping:
-            dripping.cancel()
-        writer.close()
+    status, rest = await send_slowly(client, head, body, first=10, trickle=trickle)
     assert status == 408
     assert b"UPLOAD_IDLE_SECONDS" in rest
     assert await clip_count(pool) == 1

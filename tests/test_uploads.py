@@ -28,6 +28,7 @@ from tests.support import (
     raw_upload_head,
     read_problem,
     read_status,
+    send_slowly,
     upload_form,
     wait_until,
 )
@@ -252,24 +253,9 @@ async def test_an_upload_that_stalls_or_trickles_is_cut_with_408(
     client = await make_client(settings.changed({"upload_idle_seconds": 0.5}))
     before = media_files(media_dir)
     head = raw_upload_head(len(MP3))
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    writer.write(head + MP3[:1000])
-
-    async def drip() -> None:
-        for byte in MP3[1000:]:
-            await asyncio.sleep(trickle)  # the client's pace, not a wait for the server
-            writer.write(bytes([byte]))
-
-    dripping = asyncio.create_task(drip()) if trickle else None
-    try:
-        async with asyncio.timeout(10):
-            status, rest = await read_status(reader)
-    finally:
-        if dripping:
-            dripping.cancel()
-        writer.close()
+    status, rest = await send_slowly(client, head, MP3, first=1000, trickle=trickle)
     assert status == 408
-    assert b"UPLOAD_IDLE_SECONDS" in rest + await reader.read(2000)
+    assert b"UPLOAD_IDLE_SECONDS" in rest
     await wait_until(lambda: media_files(media_dir) == before, "the partial upload removed")
     assert await clip_count(client.server.app[POOL]) == 0
 
