@@ -235,7 +235,8 @@ async def test_a_stored_stream_drops_a_listener_who_never_reads(
     client = await make_client(never_reading(settings))
     clip_id = await make_clip(media_path="big.mp3")
     sock = await stalled(client, f"/clips/{clip_id}/stream")
-    text = await settled(client, "clips_streams_ended_total", 1, reason="send_timeout")
+    # 3 MiB at 256 KiB per 0.5 s: the whole body's deadline is 6 s.
+    text = await settled(client, "clips_streams_ended_total", 1, seconds=15, reason="send_timeout")
     assert metric(text, "clips_streams_in_flight") == 0
     assert metric(text, "clips_stream_bytes_total", source="stored") < 3 * MIB
     assert await dropped(sock)
