@@ -61,13 +61,15 @@ test: $(DEV_STAMP) test-deps
 
 # Real programs some tests drive: headless Chromium (end-to-end playback),
 # Prometheus (the dashboard's queries) and Debian's PostgreSQL, whose contrib
-# has pg_trgm (the search index's plan). Installed with apt-get when missing
-# and possible; the tests that need them say why they skip otherwise. (The
-# MP3 the upload tests send is committed: tests/fixtures/tune.mp3.)
-TEST_PACKAGES := chromium prometheus postgresql
+# has pg_trgm (the search index's plan), and PgBouncer (the app behind it in
+# transaction mode). Installed with apt-get when missing and possible; the
+# tests that need them say why they skip otherwise. (The MP3 the upload
+# tests send is committed: tests/fixtures/tune.mp3.)
+TEST_PACKAGES := chromium prometheus postgresql pgbouncer
 test-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do \
-		case $$p in postgresql) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;; *) command -v $$p >/dev/null ;; esac \
+		case $$p in postgresql) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;; \
+			pgbouncer) test -x /usr/sbin/pgbouncer ;; *) command -v $$p >/dev/null ;; esac \
 			|| missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
