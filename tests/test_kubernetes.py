@@ -118,7 +118,7 @@ def server_settings(docs: list[dict], **overrides: object) -> Settings:
     """The settings a server pod runs with, once the Secret's empty values
     are filled in (as load_settings reads them: empty means default)."""
     env = {**container_env(docs, server(docs)), **SECRETS}
-    given = {k: v for k, v in env.items() if v != "" and k not in LIBRARY_VARIABLES}
+    given = {k: v for k, v in env.items() if v != ""}
     return Settings.model_validate({**given, **overrides})
 
 
