@@ -8,6 +8,7 @@ depend on it.
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -149,6 +150,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     stream_send_timeout: float = Field(30.0, alias="STREAM_SEND_TIMEOUT", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
     upstream_max_connections: int = Field(2048, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
+    # A PEM file of CA certificates trusted for HTTPS origins besides the
+    # system store (origins behind a private CA); unset = the system store only.
+    upstream_ca_bundle: Path | None = Field(None, alias="UPSTREAM_CA_BUNDLE")
     # Repeat plays of one clip by one listener (address + User-Agent) within
     # this many seconds count once; 0 counts every listen (streaming/dedup.py).
     play_dedup_seconds: float = Field(0.0, alias="PLAY_DEDUP_SECONDS", ge=0)
@@ -199,6 +203,15 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             raise ValueError("has a malformed host or port") from None
         if port == 0:
             raise ValueError("has a malformed host or port")
+        return value
+
+    @field_validator("upstream_ca_bundle")
+    @classmethod
+    def _loadable_bundle(cls, value: Path | None) -> Path | None:
+        # Checked at start-up, not at the first HTTPS stream: a wrong path
+        # would otherwise surface as every private origin failing TLS.
+        if value is not None:
+            upstream_ssl_context(value)
         return value
 
     # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the
@@ -267,6 +280,22 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False  # a name: it may resolve anywhere
+
+
+def upstream_ssl_context(bundle: Path | None) -> ssl.SSLContext:
+    """The TLS context for origins: the system's trusted CAs, plus those in
+    the PEM file `bundle` (UPSTREAM_CA_BUNDLE) when given. Raises
+    ValueError naming what is wrong with the file (unreadable, or no PEM
+    certificate in it)."""
+    context = ssl.create_default_context()
+    if bundle is not None:
+        try:
+            context.load_verify_locations(cafile=bundle)
+        except ssl.SSLError:  # an OSError too: first
+            raise ValueError(f"{bundle} holds no PEM CA certificate") from None
+        except OSError as error:
+            raise ValueError(f"cannot read {bundle} ({error.strerror})") from None
+    return context
 
 
 SETTINGS = web.AppKey("SETTINGS", Settings)

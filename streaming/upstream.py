@@ -22,7 +22,7 @@ import yarl
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from settings import SETTINGS, Settings
+from settings import SETTINGS, Settings, upstream_ssl_context
 from streaming.addresses import is_public
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -176,6 +176,9 @@ class Upstream:
                 resolver=self.resolver,
                 limit=settings.upstream_max_connections,
                 ttl_dns_cache=10,
+                # Certificates are always verified: UPSTREAM_CA_BUNDLE adds
+                # trusted CAs, it never turns verification off.
+                ssl=upstream_ssl_context(settings.upstream_ca_bundle),
             ),
             timeout=aiohttp.ClientTimeout(
                 total=None,
