@@ -14,6 +14,9 @@ import aiohttp
 from bench import counting
 
 REQUESTS = "clips_cache_requests_total"
+# The result label of requests the cache passed to the origin untouched:
+# "on" means some request was served from it (hit, miss, coalesced, ...).
+BYPASS = "bypass"
 
 
 async def snapshot(session: aiohttp.ClientSession, url: str) -> dict[str, float] | None:
@@ -60,6 +63,8 @@ def use(
     }
     if not configured:
         return CacheUse(False, requests, "CACHE_MAX_BYTES=0")
-    if not requests:
-        return CacheUse(False, {}, "no cache requests counted")
-    return CacheUse(True, requests, ", ".join(f"{k} {v:,}" for k, v in requests.items()))
+    counted = ", ".join(f"{k} {v:,}" for k, v in requests.items())
+    # `bypass`: the cache saw the request and sent it to the origin.
+    if not any(v for k, v in requests.items() if k != BYPASS):
+        return CacheUse(False, requests, counted or "no cache requests counted")
+    return CacheUse(True, requests, counted)

@@ -115,7 +115,9 @@ class Fetches:
         return self.requests * 1000 / plays if plays else None
 
     def describe(self) -> str:
-        return f"{self.bodies:,} origin fetches + {self.revalidations:,} revalidations"
+        fetches = "fetch" if self.bodies == 1 else "fetches"
+        revalidations = "revalidation" if self.revalidations == 1 else "revalidations"
+        return f"{self.bodies:,} origin {fetches} + {self.revalidations:,} {revalidations}"
 
 
 def ensure_tools() -> list[str]:
