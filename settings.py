@@ -205,15 +205,6 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             raise ValueError("has a malformed host or port")
         return value
 
-    @field_validator("upstream_ca_bundle")
-    @classmethod
-    def _loadable_bundle(cls, value: Path | None) -> Path | None:
-        # Checked at start-up, not at the first HTTPS stream: a wrong path
-        # would otherwise surface as every private origin failing TLS.
-        if value is not None:
-            upstream_ssl_context(value)
-        return value
-
     # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the
     # settings are validated.
     _api_key_entries: tuple[tuple[str, str], ...] = PrivateAttr(())
@@ -243,6 +234,15 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 raise ValueError(f"{entry[:60]!r} is not an address or network") from None
+        return value
+
+    @field_validator("upstream_ca_bundle")
+    @classmethod
+    def _loadable_bundle(cls, value: Path | None) -> Path | None:
+        # Checked at start-up, not at the first HTTPS stream: a wrong path
+        # would otherwise surface as every private origin failing TLS.
+        if value is not None:
+            upstream_ssl_context(value)
         return value
 
     @model_validator(mode="after")
