@@ -33,7 +33,8 @@ from db.plays import plays_ctx
 from handlers import clips, docs, health, metrics, streams
 from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
-from storage import MEDIA_STORE, MediaStore
+from storage import MEDIA_STORE, MediaStore, StorageError
+from streaming.bucket import bucket_ctx
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.uploads import uploads_ctx
@@ -96,6 +97,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
                 on_failure=app[METRICS].db_errors.labels("play_write").inc,
             ),
             upstream_ctx,
+            bucket_ctx,
             uploads_ctx,
             sampling_ctx,
         ]
@@ -209,7 +211,7 @@ def failing_in_one_line(settings: Settings) -> Iterator[None]:
         if error.errno == errno.EADDRINUSE:
             raise port_in_use(settings) from None
         raise cannot_start(error) from None
-    except STARTUP_ERRORS as error:
+    except (*STARTUP_ERRORS, StorageError) as error:  # StorageError: the bucket
         raise cannot_start(error) from None
 
 

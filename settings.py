@@ -185,6 +185,19 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Bytes MEDIA_DIR's disk keeps free: an upload that would go below is 507.
     media_min_free_bytes: int = Field(256 * 1024 * 1024, alias="MEDIA_MIN_FREE_BYTES", ge=0)
 
+    # Where uploaded audio lives: "local" (MEDIA_DIR) or "s3" (a bucket;
+    # MEDIA_DIR then holds only uploads being received). storage/s3.py.
+    media_store: Literal["local", "s3"] = Field("local", alias="MEDIA_STORE")
+    s3_bucket: str | None = Field(None, alias="S3_BUCKET")
+    # Unset: AWS S3 itself; else an S3-compatible store (MinIO, R2, GCS).
+    s3_endpoint_url: str | None = Field(None, alias="S3_ENDPOINT_URL")
+    s3_region: str = Field("us-east-1", alias="S3_REGION")
+    # Prepended to every object's name ("clips/" keeps them in one folder).
+    s3_prefix: str = Field("", alias="S3_PREFIX")
+    aws_access_key_id: str | None = Field(None, alias="AWS_ACCESS_KEY_ID", repr=False)
+    aws_secret_access_key: str | None = Field(None, alias="AWS_SECRET_ACCESS_KEY", repr=False)
+    aws_session_token: str | None = Field(None, alias="AWS_SESSION_TOKEN", repr=False)
+
     @field_validator("database_url")
     @classmethod
     def _postgresql_url(cls, value: str | None) -> str | None:
@@ -204,6 +217,29 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
         if port == 0:
             raise ValueError("has a malformed host or port")
         return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket_is_named(self) -> "Settings":
+        if self.media_store == "s3":
+            missing = [
+                name
+                for name, value in (
+                    ("S3_BUCKET", self.s3_bucket),
+                    ("AWS_ACCESS_KEY_ID", self.aws_access_key_id),
+                    ("AWS_SECRET_ACCESS_KEY", self.aws_secret_access_key),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"MEDIA_STORE=s3 needs {', '.join(missing)}")
+        return self
 
     # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the
     # settings are validated.

@@ -15,6 +15,7 @@ from db.clips import Row
 from schemas.clips import COLUMNS, Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
 from settings import SETTINGS
 from storage import MEDIA_STORE
+from streaming.bucket import BUCKET
 from streaming.uploads import UPLOADS
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.auth import ACCESS, STREAM_ROUTE
@@ -219,7 +220,9 @@ async def delete_clip(request: web.Request) -> web.Response:
     if deleted is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
     request.app[CLIP_CACHE].forget(clip_id)
-    if deleted["media_path"] is not None:
+    if deleted["media_path"] is not None and BUCKET in request.app:
+        await request.app[BUCKET].delete(deleted["media_path"])
+    elif deleted["media_path"] is not None:
         request.app[MEDIA_STORE].delete(deleted["media_path"])
     return web.Response(status=204)
 

@@ -29,6 +29,12 @@ error, and the play rule (streaming/plays.py) sees the truth:
 A problem can be answered only before the first byte: after it, a failing
 origin or an endless trickle cuts the connection, which tells the listener
 the body is short.
+
+The origin is the clip's audio_url, or an `Origin` the caller names: a
+clip stored in a bucket streams from a presigned URL of its object, a
+trusted origin (the operator's endpoint: no address guard), whose failures
+are the media store's (storage.StorageError, counted in
+clips_storage_errors_total) and whose missing object is a 404.
 """
 
 import asyncio
@@ -45,6 +51,8 @@ from aiohttp import web
 from db.clips import Row
 from metrics.registry import METRICS
 from settings import SETTINGS, Settings
+from storage import StorageError
+from storage.s3 import ERROR_BODY_BYTES, error_code, explain
 from streaming.headers import STREAM_HEADERS, audio_type
 from streaming.plays import (
     MIN_PLAY_BYTES,
@@ -73,6 +81,23 @@ VALIDATORS = ("ETag", "Last-Modified")
 # Seconds a listener refused for want of an origin connection should wait:
 # streams end, and stalled listeners are dropped, all the time.
 BUSY_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a clip's bytes are fetched from."""
+
+    url: str  # what is fetched (for a bucket's object, a presigned URL)
+    identity: str  # what a cache keys on: the URL, or "s3://bucket/key" for objects
+    trusted: bool = False  # operator-configured endpoint: not subject to the address guard
+
+    @classmethod
+    def of(cls, clip: Row) -> "Origin":
+        """A remote clip's origin: its audio_url, guarded."""
+        return cls(clip["audio_url"], clip["audio_url"])
+
+
+MISSING = "The clip's audio file is missing"
 
 
 def revalidates(request: web.Request) -> bool:
@@ -108,7 +133,9 @@ def is_probe(wanted: ByteRange | None) -> bool:
     return wanted.last + 1 < MIN_PLAY_BYTES
 
 
-async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse:
+async def redirect_remote(
+    request: web.Request, clip: Row, origin: Origin | None = None
+) -> web.StreamResponse:
     """STREAM_MODE=redirect: the bytes never pass through here, so the play
     is judged by the request alone, then the player goes to the origin.
     A probe is answered here from the origin (a few bytes): Safari and iOS
@@ -117,16 +144,23 @@ async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse
     away from this URL. A conditional GET is a cache revalidating a copy
     it holds, and never a play here: the app cannot see whether the origin
     answers 304 or the clip (proxy mode sees it, and counts a 200)."""
+    origin = origin or Origin.of(clip)
     wanted = request[STREAM_RANGE]
     if request.method == "GET" and is_probe(wanted):
-        return await send_remote(request, clip)
+        return await send_remote(request, clip, origin)
     if request.method == "GET" and asks_for_play(wanted) and not revalidates(request):
         record_play(request, clip["id"])
-    raise web.HTTPFound(clip["audio_url"], headers={"Cache-Control": "no-store"})
+    raise web.HTTPFound(origin.url, headers={"Cache-Control": "no-store"})
 
 
-async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
-    request[STREAM_SOURCE] = "remote"
+async def send_remote(
+    request: web.Request, clip: Row, origin: Origin | None = None
+) -> web.StreamResponse:
+    """The clip's audio from `origin` (default: its audio_url). The source
+    the stream is counted under is the caller's, else "remote"."""
+    origin = origin or Origin.of(clip)
+    if STREAM_SOURCE not in request:
+        request[STREAM_SOURCE] = "remote"
     headers = conditions(request)
     if (asked := range_to_ask(request)) is not None:
         headers["Range"] = asked.header()
@@ -139,7 +173,7 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
     upstream = request.app[UPSTREAM]
     try:
         with upstream.slot():
-            return await send_from_origin(request, clip, headers)
+            return await send_from_origin(request, clip, origin, headers)
     except UpstreamBusy as busy:
         request.app[METRICS].upstream_requests.labels("busy").inc()
         raise Problem(
@@ -154,7 +188,7 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
         log.warning(
             "clip %s: origin %s %s (%d)",
             clip["id"],
-            yarl.URL(clip["audio_url"]).host,
+            yarl.URL(origin.url, encoded=True).host,
             failed.what,
             failed.status,
         )
@@ -162,12 +196,14 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
 
 
 async def send_from_origin(
-    request: web.Request, clip: Row, headers: dict[str, str]
+    request: web.Request, clip: Row, source: Origin, headers: dict[str, str]
 ) -> web.StreamResponse:
     """The body of send_remote, holding one origin connection slot."""
-    origin = await open_origin(request, clip, headers)
+    origin = await open_origin(request, source, headers)
     chunk_bytes = request.app[UPSTREAM].buffer_bytes
     async with origin:
+        if source.trusted and origin.status >= 400 and origin.status != 416:
+            await store_failed(request, clip, origin)
         part = Part.of(request, origin, clip)
         first = b""
         if request.method == "GET" and part.status != 304:
@@ -234,24 +270,47 @@ def failure(error: BaseException) -> str:
     return f"failed ({type(error).__name__})"
 
 
+async def store_failed(request: web.Request, clip: Row, origin: aiohttp.ClientResponse) -> None:
+    """A bucket's error answer: a missing object is a 404 (as a missing
+    file is), anything else (no such bucket, access denied, ...) the media
+    store's failure, counted as a "read" storage error."""
+    try:
+        body = await origin.content.read(ERROR_BODY_BYTES) if request.method != "HEAD" else b""
+    except aiohttp.ClientError:
+        body = b""
+    code = error_code(body)
+    if code == "NoSuchKey" or (origin.status == 404 and code is None):
+        raise Problem(404, MISSING)
+    request.app[METRICS].storage_errors.labels("read").inc()
+    raise StorageError(
+        f"read {clip['media_path']} from the bucket",
+        explain(origin.status, body),
+        unavailable=origin.status == 503,
+    )
+
+
 async def open_origin(
-    request: web.Request, clip: Row, headers: dict[str, str]
+    request: web.Request, source: Origin, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
-    """The origin's response, headers in, or a problem naming what failed."""
+    """The origin's response, headers in, or a problem naming what failed
+    (a trusted origin's failure to answer is the media store's: a 503)."""
     upstream = request.app[UPSTREAM]
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
-        origin = await upstream.open(request.method, clip["audio_url"], headers)
+        origin = await upstream.open(request.method, source.url, headers, trusted=source.trusted)
     except UpstreamRefused as refused:
         metrics.upstream_requests.labels("refused").inc()
         raise OriginFailed(502, f"is refused: {refused}") from None
-    except TimeoutError as error:
-        metrics.upstream_requests.labels("timeout").inc()
-        raise OriginFailed(504, failure(error)) from None
-    except aiohttp.ClientError as error:
-        metrics.upstream_requests.labels("connect_error").inc()
-        raise OriginFailed(502, failure(error)) from None
+    except (TimeoutError, aiohttp.ClientError) as error:
+        timeout = isinstance(error, TimeoutError)
+        metrics.upstream_requests.labels("timeout" if timeout else "connect_error").inc()
+        if source.trusted:
+            metrics.storage_errors.labels("read").inc()
+            raise StorageError(
+                "read the clip from the bucket", f"the endpoint {failure(error)}", unavailable=True
+            ) from None
+        raise OriginFailed(504 if timeout else 502, failure(error)) from None
     metrics.upstream_ttfb.observe(time.perf_counter() - started)
     metrics.upstream_requests.labels(
         f"{origin.status // 100}xx" if origin.status >= 400 else "ok"

@@ -142,6 +142,10 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         log.error("storage failed: %s %s: %s", request.method, request.path, error)
         if error.full:
             return Problem(507, "The media store is full; try again later").response(request_id)
+        if error.unavailable:
+            return Problem(
+                503, f"The media store is unavailable: {error}", headers={"Retry-After": "5"}
+            ).response(request_id)
         return Problem(500, f"The media store failed: {error}").response(request_id)
     except Exception as error:
         if _body_unreadable(request, error):
