@@ -26,6 +26,7 @@ lifecycle rule that aborts incomplete multipart uploads after a day
 """
 
 import asyncio
+import io
 import logging
 import re
 import uuid
@@ -175,7 +176,8 @@ class Bucket:
             async with self.session.request(
                 method,
                 yarl.URL(url, encoded=True),  # as signed: no re-encoding
-                data=body or None,
+                # A file-like body: aiohttp writes big bytes in pieces.
+                data=io.BytesIO(body) if body else None,
                 headers=dict(signed.headers.items()),
                 allow_redirects=False,
             ) as response:
