@@ -40,6 +40,7 @@ clips_storage_errors_total) and whose missing object is a 404.
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -202,7 +203,7 @@ async def send_from_origin(
     origin = await open_origin(request, source, headers)
     chunk_bytes = request.app[UPSTREAM].buffer_bytes
     async with origin:
-        if source.trusted and origin.status >= 400 and origin.status != 416:
+        if source.trusted and origin.status >= 400:
             await store_failed(request, clip, origin)
         part = Part.of(request, origin, clip)
         first = b""
@@ -281,6 +282,15 @@ async def store_failed(request: web.Request, clip: Row, origin: aiohttp.ClientRe
     code = error_code(body)
     if code == "NoSuchKey" or (origin.status == 404 and code is None):
         raise Problem(404, MISSING)
+    if origin.status == 416:
+        # S3 names the size in its body, not in a Content-Range header.
+        found = re.search(rb"<ActualObjectSize>(\d+)</ActualObjectSize>", body)
+        size = found.group(1).decode() if found else "*"
+        raise Problem(
+            416,
+            f"Range {request.headers.get('Range', '')[:100]!r} is outside the audio",
+            headers={"Content-Range": origin.headers.get("Content-Range", f"bytes */{size}")},
+        )
     request.app[METRICS].storage_errors.labels("read").inc()
     raise StorageError(
         f"read {clip['media_path']} from the bucket",

@@ -1,4 +1,6 @@
-"""GET/HEAD /clips/{id}/stream against a real origin on loopback and MEDIA_DIR."""
+"""GET/HEAD /clips/{id}/stream against a real origin on loopback, MEDIA_DIR,
+and a bucket of the local S3 server (source "bucket": an uploaded clip with
+MEDIA_STORE=s3)."""
 
 import asyncio
 import contextlib
@@ -16,8 +18,20 @@ KIB = 1024
 
 
 @pytest.fixture
+def media_store(request) -> str:
+    """The app keeps uploads in a bucket for source "bucket" (or when a
+    test says so), else in MEDIA_DIR."""
+    if hasattr(request, "param"):
+        return request.param
+    callspec = getattr(request.node, "callspec", None)
+    return "s3" if callspec is not None and callspec.params.get("source") == "bucket" else "local"
+
+
+@pytest.fixture
 def source_clip(make_clip, origin):
-    """make(source, file) -> clip id, for a remote or a stored clip of one file."""
+    """make(source, file) -> clip id, for a remote or a stored clip of one
+    file (stored in MEDIA_DIR or, for "bucket", in the bucket: both hold
+    the same files)."""
 
     async def make(source: str, name: str, content_type: str = "audio/mpeg") -> int:
         if source == "remote":
@@ -36,7 +50,7 @@ async def plays_of(client, clip_id: int) -> int:
     return (await response.json())["play_count"]
 
 
-SOURCES = ["remote", "stored"]
+SOURCES = ["remote", "stored", "bucket"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -136,6 +150,7 @@ async def test_whole_small_file_from_zero_counts(client, source_clip, source):
     assert await plays_of(client, clip_id) == 1
 
 
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
 async def test_plays_update_stats_and_metrics(client, source_clip):
     clip_id = await source_clip("stored", "small.mp3")
     for _ in range(3):
@@ -180,6 +195,7 @@ async def test_unknown_clip_is_404(client):
     await read_problem(await client.get("/clips/999999/stream"), 404)
 
 
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
 async def test_missing_stored_file_is_404(client, make_clip):
     clip_id = await make_clip(media_path="gone.mp3")
     body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 404)
