@@ -71,6 +71,7 @@ class TestBucket:
             config=Config(s3={"addressing_style": "path"}),
         )
         self.client.create_bucket(Bucket=name)
+        self.removed = False
 
     def settings(self) -> dict[str, str]:
         """The app's settings for this bucket."""
@@ -103,6 +104,10 @@ class TestBucket:
         return {f"upload:{item['Key'].removeprefix(self.prefix)}" for item in listed}
 
     def remove(self) -> None:
+        """Empty the bucket and delete it (once: later calls do nothing)."""
+        if self.removed:
+            return
+        self.removed = True
         for upload in self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", []):
             self.client.abort_multipart_upload(
                 Bucket=self.name, Key=upload["Key"], UploadId=upload["UploadId"]
