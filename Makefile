@@ -18,7 +18,7 @@ DEV_STAMP := $(VENV)/.installed-dev-$(call checksum,$(DEV_REQUIREMENTS))
 # production leaves UPSTREAM_ALLOW empty (public addresses only).
 export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
 
-.PHONY: run test lint check clean test-deps bench soak migrate rollback seed
+.PHONY: run test lint check clean test-deps bench soak migrate rollback seed migrate-media
 
 define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ migrate: $(RUN_STAMP)
 # Undoes every migration: the catalogue and its plays are dropped.
 rollback: $(RUN_STAMP)
 	$(PY) -m db.migrate --rollback
+
+# Copies MEDIA_DIR's uploads into the bucket the S3_* settings name
+# (idempotent, resumable): see README, "Past one machine".
+migrate-media: $(RUN_STAMP)
+	$(PY) -m streaming.migrate_to_s3
 
 # PUBLIC_URLS=1 adds the SoundHelix examples (for machines with internet access).
 seed: $(RUN_STAMP)

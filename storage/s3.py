@@ -32,6 +32,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -218,19 +219,24 @@ class Bucket:
             return False
         return True
 
-    async def names(self) -> list[str]:
-        """Every object's name under S3_PREFIX (ListObjectsV2, page by page)."""
-        names, token = [], None
+    async def sizes(self) -> dict[str, int]:
+        """Every object under S3_PREFIX: its name and size in bytes
+        (ListObjectsV2, page by page)."""
+        sizes, token = {}, None
         while True:
             query = f"list-type=2&prefix={quote(self.config.prefix, safe='')}"
             if token:
                 query += f"&continuation-token={quote(token, safe='')}"
             _, _, body = await self.request("read", "list the bucket", "GET", query=query)
-            for key in re.findall(rb"<Key>([^<]*)</Key>", body):
-                names.append(unescape(key.decode())[len(self.config.prefix) :])
+            for item in re.findall(rb"<Contents>(.*?)</Contents>", body, re.DOTALL):
+                key = re.search(rb"<Key>([^<]*)</Key>", item)
+                size = re.search(rb"<Size>(\d+)</Size>", item)
+                if key and size:
+                    name = unescape(key.group(1).decode())[len(self.config.prefix) :]
+                    sizes[name] = int(size.group(1))
             found = re.search(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>", body)
             if found is None:
-                return names
+                return sizes
             token = unescape(found.group(1).decode())
 
     def create(self, name: str | None = None) -> "NewObject":
@@ -369,13 +375,20 @@ class NewObject:
             log.error("incomplete multipart upload left in the bucket: %s", error)
 
 
-async def copy_file(bucket: Bucket, path, name: str) -> int:
-    """Copy the local file `path` to the object `name`, PART_BYTES at a
-    time (the file is read on a worker thread); returns its size."""
-    new = bucket.create(name)
+async def copy_file(bucket: Bucket, path: Path, content_type: str) -> int:
+    """Copy the local file `path` to the object of its name, PART_BYTES at
+    a time (read on a worker thread), as one PUT or a multipart upload
+    aborted if the copy does not finish; returns its size. Raises
+    StorageError (an unreadable file, counted as "read", included)."""
+    new = bucket.create(path.name)
+    new.name_as(path.suffix, content_type)
     size = 0
     try:
-        with open(path, "rb") as file:  # noqa: ASYNC230 (read below on a thread)
+        try:
+            file = await asyncio.to_thread(path.open, "rb")
+        except OSError as error:
+            raise bucket.failure("read", f"read {path}", error.strerror or str(error)) from None
+        with file:
             while chunk := await asyncio.to_thread(file.read, PART_BYTES):
                 size += len(chunk)
                 await new.write(chunk)
