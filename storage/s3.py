@@ -38,11 +38,12 @@ from xml.sax.saxutils import escape
 
 import aiohttp
 import yarl
-from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from storage import StorageError
+
+# botocore is imported where it is used (a Bucket's methods): the import
+# costs about 0.6 s of CPU, which every server process, worker and command
+# would pay at start; only MEDIA_STORE=s3 should.
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class Bucket:
         self.config = config
         self.session = session
         self._on_error = on_error
+        from botocore.credentials import Credentials
+
         self._credentials = Credentials(
             config.access_key_id, config.secret_access_key, config.session_token
         )
@@ -142,6 +145,9 @@ class Bucket:
     def presign(self, name: str, seconds: float, method: str = "GET") -> str:
         """A URL anyone may `method` the object with for `seconds` (at least
         1, at most 7 days): SigV4 query signing, no request sent."""
+        from botocore.auth import S3SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+
         expires = max(1, min(MAX_PRESIGN_SECONDS, int(seconds)))
         request = AWSRequest(method=method, url=self.url(name))
         S3SigV4QueryAuth(self._credentials, "s3", self.config.region, expires=expires).add_auth(
@@ -170,6 +176,9 @@ class Bucket:
     ) -> tuple[int, Mapping[str, str], bytes]:
         """Send one signed request; (status, headers, body) when the status
         is in `ok`, else StorageError (a 404 included unless `ok` has it)."""
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
         url = self.url(name, query)
         signed = AWSRequest(method=method, url=url, data=body, headers=headers or {})
         S3SigV4Auth(self._credentials, "s3", self.config.region).add_auth(signed)
