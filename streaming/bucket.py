@@ -79,8 +79,9 @@ async def send_bucket(request: web.Request, bucket: Bucket, clip: Row) -> web.St
     request[STREAM_SOURCE] = "stored"
     name = clip["media_path"]
     settings = request.app[SETTINGS]
+    # SigV4 signs the method: a URL presigned for GET is refused for HEAD.
     if settings.stream_mode == "redirect":
-        url = bucket.presign(name, longest_life(settings, clip))
+        url = bucket.presign(name, longest_life(settings, clip), request.method)
         return await redirect_remote(request, clip, Origin(url, bucket.identity(name), True))
-    url = bucket.presign(name, FETCH_URL_SECONDS)
+    url = bucket.presign(name, FETCH_URL_SECONDS, request.method)
     return await send_remote(request, clip, Origin(url, bucket.identity(name), trusted=True))
