@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 # S3's smallest part but the last is 5 MiB: each upload holds at most this
 # much in memory (UPLOAD_MAX_CONCURRENT x 5 MiB per process at worst).
 PART_BYTES = 5 * 1024 * 1024
+# Longest one request to the bucket may take, a 5 MiB part included (about
+# 700 kbit/s): a store that hangs must not hold an upload until
+# UPLOAD_MAX_SECONDS, nor outlive its partial file's sweep (2 minutes).
+REQUEST_SECONDS = 60.0
 # Longest a presigned URL may live (SigV4's limit is 7 days).
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 # What an error answer's body may be read up to (S3's are a few hundred bytes).
@@ -183,18 +187,24 @@ class Bucket:
         signed = AWSRequest(method=method, url=url, data=body, headers=headers or {})
         S3SigV4Auth(self._credentials, "s3", self.config.region).add_auth(signed)
         try:
-            async with self.session.request(
-                method,
-                yarl.URL(url, encoded=True),  # as signed: no re-encoding
-                # A file-like body: aiohttp writes big bytes in pieces.
-                data=io.BytesIO(body) if body else None,
-                headers=dict(signed.headers.items()),
-                allow_redirects=False,
-            ) as response:
+            async with (
+                asyncio.timeout(REQUEST_SECONDS),
+                self.session.request(
+                    method,
+                    yarl.URL(url, encoded=True),  # as signed: no re-encoding
+                    # A file-like body: aiohttp writes big bytes in pieces.
+                    data=io.BytesIO(body) if body else None,
+                    headers=dict(signed.headers.items()),
+                    allow_redirects=False,
+                ) as response,
+            ):
                 status, answer = response.status, response.headers.copy()
                 content = await response.read() if method != "HEAD" else b""
         except (aiohttp.ClientError, TimeoutError) as error:
-            reason = f"the endpoint could not be reached ({type(error).__name__})"
+            if isinstance(error, TimeoutError):
+                reason = f"the endpoint did not answer within {REQUEST_SECONDS:g} s"
+            else:
+                reason = f"the endpoint could not be reached ({type(error).__name__})"
             raise self.failure(operation, action, reason, unavailable=True) from None
         if status in ok:
             return status, answer, content
