@@ -9,6 +9,8 @@ what the suite proves is in the README ("Past one machine").
 """
 
 import contextlib
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -29,16 +31,20 @@ PREFIX = "clips/"
 
 
 @contextlib.contextmanager
-def start_s3_server(directory: Path) -> Iterator[str]:
+def start_s3_server(directory: Path, checks_signatures: bool = False) -> Iterator[str]:
     """moto_server on a free loopback port until the block ends; its URL,
-    once it accepts connections (at most 30 s)."""
+    once it accepts connections (at most 30 s). `checks_signatures`: after
+    its first 3 requests (to make a user and its key, see `signing_user`),
+    it checks every request's SigV4 signature against IAM's keys."""
     port = free_port()
     log = directory / "moto.log"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"} if checks_signatures else None
     with log.open("wb") as out:
         process = subprocess.Popen(
             [Path(sys.executable).parent / "moto_server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
         )
     try:
         deadline = time.monotonic() + 30
@@ -60,14 +66,21 @@ class TestBucket:
 
     __test__ = False  # not a test class
 
-    def __init__(self, endpoint: str, name: str, prefix: str = PREFIX):
+    def __init__(
+        self,
+        endpoint: str,
+        name: str,
+        prefix: str = PREFIX,
+        credentials: tuple[str, str] = (ACCESS_KEY, SECRET_KEY),
+    ):
         self.endpoint, self.name, self.prefix = endpoint, name, prefix
+        self.credentials = credentials
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint,
             region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
+            aws_access_key_id=credentials[0],
+            aws_secret_access_key=credentials[1],
             config=Config(s3={"addressing_style": "path"}),
         )
         self.client.create_bucket(Bucket=name)
@@ -81,8 +94,8 @@ class TestBucket:
             "S3_ENDPOINT_URL": self.endpoint,
             "S3_REGION": REGION,
             "S3_PREFIX": self.prefix,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": self.credentials[0],
+            "AWS_SECRET_ACCESS_KEY": self.credentials[1],
         }
 
     def put(self, name: str, data: bytes) -> None:
@@ -115,3 +128,23 @@ class TestBucket:
         for name in self.names():
             self.client.delete_object(Bucket=self.name, Key=self.prefix + name)
         self.client.delete_bucket(Bucket=self.name)
+
+
+def signing_user(endpoint: str) -> tuple[str, str]:
+    """On a server that checks signatures: a user allowed everything, and
+    its (access key id, secret), made with the 3 unchecked requests."""
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+    iam.create_user(UserName="clips")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName="clips", PolicyName="all", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="clips")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
