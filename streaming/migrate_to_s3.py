@@ -54,7 +54,12 @@ async def migrate(settings: Settings, out=sys.stdout) -> int:
         present = await bucket.sizes()
         for number, path in enumerate(files, start=1):
             step = f"[{number}/{len(files)}]"
-            size = path.stat().st_size
+            try:
+                size = path.stat().st_size
+            except OSError as error:  # removed or unreadable since the listing
+                failed += 1
+                print(f"{step} FAILED {path.name}: {error.strerror}", file=out)
+                continue
             if present.get(path.name) == size:
                 skipped += 1
                 print(f"{step} skipped {path.name} ({size} bytes, already in the bucket)", file=out)
