@@ -5,8 +5,9 @@ A clip in the bucket streams as a remote clip whose origin is the bucket
 (streaming/proxy.py): a presigned GET of its object, sent through the app's
 client for trusted origins, so Range, conditional requests, the play rule
 and the metrics are the remote path's, and a read-through cache of remote
-clips serves it too (keyed on `s3://bucket/key`). It is counted as a
-"stored" stream: it is an upload, wherever its bytes live.
+clips in that path keys it on `Origin.identity`, `s3://bucket/key` (the
+presigned URL changes on every request). It is counted as a "stored"
+stream: it is an upload, wherever its bytes live.
 
 In STREAM_MODE=redirect the player is sent to a presigned URL, which lives
 as long as the clip's longest stream may (streaming/plays.py's
