@@ -34,6 +34,7 @@ from handlers import clips, docs, health, metrics, streams
 from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore
+from streaming.cache import cache_ctx
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.uploads import uploads_ctx
@@ -96,6 +97,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
                 on_failure=app[METRICS].db_errors.labels("play_write").inc,
             ),
             upstream_ctx,
+            cache_ctx,
             uploads_ctx,
             sampling_ctx,
         ]

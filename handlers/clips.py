@@ -15,6 +15,7 @@ from db.clips import Row
 from schemas.clips import COLUMNS, Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
 from settings import SETTINGS
 from storage import MEDIA_STORE
+from streaming.cache import CACHE
 from streaming.uploads import UPLOADS
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.auth import ACCESS, STREAM_ROUTE
@@ -207,6 +208,8 @@ async def update_clip(request: web.Request) -> web.Response:
     if updated is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
     request.app[CLIP_CACHE].forget(clip_id)
+    if "audio_url" in changes and (cache := request.app.get(CACHE)) is not None:
+        cache.drop(clip_id)  # the old audio is never served again
     return json_response(Renderer(request).clip(updated), headers={"ETag": etag(updated)})
 
 
@@ -219,6 +222,8 @@ async def delete_clip(request: web.Request) -> web.Response:
     if deleted is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
     request.app[CLIP_CACHE].forget(clip_id)
+    if (cache := request.app.get(CACHE)) is not None:
+        cache.drop(clip_id)
     if deleted["media_path"] is not None:
         request.app[MEDIA_STORE].delete(deleted["media_path"])
     return web.Response(status=204)
