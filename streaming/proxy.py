@@ -349,6 +349,12 @@ async def fill_from_origin(
                     else:
                         cache.drop_key(key)
                         decide(PASS)
+                elif answer.status == 206 and whole_size(answer) is None:
+                    # A part when all was asked: an origin that caps its
+                    # answers. What it sends the listener's own request
+                    # is for the pipe to judge (a part may end early).
+                    cache.refuse(key)
+                    decide(PASS)
                 else:
                     part = Part.of(request, answer, clip, whole=True)
                     size = whole_size(answer)
@@ -409,7 +415,10 @@ def whole_size(answer: aiohttp.ClientResponse) -> int | None:
         return answer.content_length
     if answer.status == 206:
         sent = content_range(answer.headers.get("Content-Range"))
-        return sent[2] if sent is not None else None
+        if sent is None or sent[0] != 0 or sent[2] is None or sent[1] != sent[2] - 1:
+            return None
+        length = answer.content_length
+        return sent[2] if length in (None, sent[2]) else None
     return None
 
 
