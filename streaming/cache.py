@@ -294,10 +294,11 @@ class Cache:
         """Rebuild the index from the directory: at `start` (then files left
         half-written by processes that are gone are removed), and before
         evicting when several processes share it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         named, now = set(), time.time()
         found = []
-        for path in self.directory.iterdir():
+        # Made by the first fill: an app that never streams a remote clip
+        # leaves no directory behind.
+        for path in self.directory.iterdir() if self.directory.is_dir() else ():
             if path.suffix == ".part":
                 if start and not alive(path.name.split(".")[2]):
                     with contextlib.suppress(OSError):
@@ -313,10 +314,15 @@ class Cache:
                 with contextlib.suppress(OSError):
                     if now - path.stat().st_mtime > ORPHAN_SECONDS:
                         path.unlink()
-        for entry in sorted(found, key=lambda e: e.touched):
+        on_disk = {entry.key: entry for entry in found}
+        for key, entry in list(self.entries.items()):
+            if key not in on_disk or on_disk[key].body != entry.body:
+                self._forget(key)  # evicted, dropped or replaced by another process
+        # Entries this process has not used count as older than its own.
+        for entry in sorted(found, key=lambda e: e.touched, reverse=True):
             if entry.key not in self.entries:
                 self._index(entry)
-                self.entries.move_to_end(entry.key, last=False)  # others' are older than ours
+                self.entries.move_to_end(entry.key, last=False)
         self._gauge()
 
     def _read(self, sidecar: Path) -> Entry | None:
@@ -487,8 +493,10 @@ class Cache:
         if size > self.max_bytes:
             return False
         try:
+            self.directory.mkdir(parents=True, exist_ok=True)
             stat = os.statvfs(self.directory)
-        except OSError:
+        except OSError as error:
+            log.warning("CACHE_DIR %s cannot be used: %s", self.directory, error.strerror)
             return False
         return stat.f_bavail * stat.f_frsize > size + min(self.max_bytes, 256 * 1024 * 1024)
 

@@ -381,12 +381,18 @@ async def fill_from_origin(
                     life = longest_life(settings, clip)
                     cache.start(fill, answer, held.pop_all(), chunk_bytes, life)
                     decide(fill)
-            except (OriginFailed, UpstreamBusy):
+            except (OriginFailed, UpstreamBusy) as failed:
                 gone = answer is not None and 400 <= answer.status < 500
-                if entry is None or entry.must_revalidate or gone:
+                if verdict.done() or entry is None or entry.must_revalidate or gone:
                     if gone:
                         cache.drop_key(key)
-                    raise
+                    raise  # piping already, or nothing that may be served instead
+                log.warning(
+                    "clip %s: origin %s %s: serving its cached copy",
+                    clip["id"],
+                    yarl.URL(origin.url).host,
+                    getattr(failed, "what", failed),
+                )
                 decide(STALE)
     except BaseException as error:
         if not verdict.done():

@@ -51,6 +51,7 @@ async def start_server(database_url, tmp_path):
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "MEDIA_DIR": str(media_dir),
+            "CACHE_DIR": str(tmp_path / "cache"),
         }
         with log.open("wb") as out:
             process = await asyncio.create_subprocess_exec(
