@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from db.plays import PLAYS
-from streaming.cache import CACHE
+from streaming.cache import CACHE, freshness
+from streaming.ranges import http_date
 from tests.scrape import metric, scrape, settled
 from tests.support import wait_until
 
@@ -328,3 +329,37 @@ async def test_plays_are_exact_with_the_cache_on(client, told, remote):
     for _ in range(10):
         await listen(client, clip_id)
     assert await plays_of(client, clip_id) == 40
+
+
+NOW = 1_800_000_000.0
+DATE = "Fri, 15 Jan 2027 08:00:00 GMT"  # NOW, as an origin's Date
+
+
+@pytest.mark.parametrize(
+    ("headers", "fresh_for", "must_revalidate"),
+    [
+        ({"Cache-Control": "no-store"}, None, False),
+        ({"Cache-Control": "private, max-age=600"}, None, False),
+        ({"Cache-Control": "max-age=600", "Vary": "*"}, None, False),
+        ({"Cache-Control": "max-age=600"}, 600, False),
+        ({"Cache-Control": "max-age=600", "Age": "100"}, 500, False),
+        ({"Cache-Control": "max-age=600, s-maxage=60"}, 60, True),  # shared caches' own
+        ({"Cache-Control": "no-cache, max-age=600"}, 0, False),  # stored, revalidated
+        ({"Cache-Control": "max-age=60, must-revalidate"}, 60, True),
+        ({"Date": DATE, "Expires": "Fri, 15 Jan 2027 09:00:00 GMT"}, 3600, False),
+        ({"Date": DATE, "Expires": "0"}, 0, False),  # invalid: already expired
+        # Heuristic: a tenth of the time since Last-Modified, at most a day.
+        ({"Date": DATE, "Last-Modified": "Fri, 15 Jan 2027 07:00:00 GMT"}, 360, False),
+        ({"Date": DATE, "Last-Modified": "Thu, 01 Jan 2026 00:00:00 GMT"}, 86400, False),
+        ({}, 300, False),  # nothing to go on: 5 minutes
+    ],
+)
+def test_freshness_follows_rfc_9111(headers, fresh_for, must_revalidate):
+    """What the origin says decides how long a listener is served without
+    asking it again (streaming/cache.py, README "The cache of remote clips")."""
+    assert http_date(DATE).timestamp() == NOW
+    fresh = freshness(headers, NOW)
+    if fresh_for is None:
+        assert fresh is None
+    else:
+        assert fresh == (pytest.approx(NOW + fresh_for), must_revalidate)
