@@ -29,6 +29,13 @@ error, and the play rule (streaming/plays.py) sees the truth:
 A problem can be answered only before the first byte: after it, a failing
 origin or an endless trickle cuts the connection, which tells the listener
 the body is short.
+
+With the cache of remote clips on (CACHE_MAX_BYTES, streaming/cache.py),
+`send_cached` first decides whether the cache answers: the origin is then
+asked for the whole body once per clip, its answer judged by the same
+rules (`Part.of(..., whole=True)`), and listeners are answered from the
+cache's file like stored clips (streaming/stored.py's StoredFile), with
+the origin's validators. What the cache does not take is piped as above.
 """
 
 import asyncio
