@@ -476,7 +476,10 @@ class Cache:
 
     def refuse(self, key: str) -> None:
         """The origin's answer for `key` may not be stored: pipe for a while."""
-        self.refused[key] = time.monotonic() + REFUSED_SECONDS
+        now = time.monotonic()
+        if len(self.refused) >= 10_000:  # forget the expired, so this stays small
+            self.refused = {k: until for k, until in self.refused.items() if until > now}
+        self.refused[key] = now + REFUSED_SECONDS
 
     def refuses(self, key: str) -> bool:
         until = self.refused.get(key)
