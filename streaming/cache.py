@@ -212,7 +212,9 @@ class Fill:
         return self.written >= self.entry.size
 
     def _write(self, chunk: bytes) -> None:
-        self._out.write(chunk)
+        view = memoryview(chunk)
+        while view:  # an unbuffered write may take less than it is given
+            view = view[self._out.write(view) :]
         self.written += len(chunk)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
