@@ -35,6 +35,7 @@ from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore, StorageError
 from streaming.bucket import bucket_ctx
+from streaming.cache import cache_ctx
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.uploads import uploads_ctx
@@ -98,6 +99,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             ),
             upstream_ctx,
             bucket_ctx,
+            cache_ctx,
             uploads_ctx,
             sampling_ctx,
         ]

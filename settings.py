@@ -115,6 +115,10 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     clip_cache_seconds: float = Field(5.0, alias="CLIP_CACHE_SECONDS", ge=0)
     migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
+    # The read-through cache of remote clips (streaming/cache.py): where its
+    # files live, and the bytes it may hold (0 turns it off: streams pipe).
+    cache_dir: Path = Field(ROOT / "cache", alias="CACHE_DIR")
+    cache_max_bytes: int = Field(1024 * 1024 * 1024, alias="CACHE_MAX_BYTES", ge=0)
     log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["plain", "json"] = Field("plain", alias="LOG_FORMAT")
     # false: health checks and scrapes (/healthz, /readyz, /metrics), which

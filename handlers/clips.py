@@ -16,6 +16,7 @@ from schemas.clips import COLUMNS, Clip, ClipChanges, ClipStats, ListQuery, NewC
 from settings import SETTINGS
 from storage import MEDIA_STORE
 from streaming.bucket import BUCKET
+from streaming.cache import CACHE
 from streaming.uploads import UPLOADS
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.auth import ACCESS, STREAM_ROUTE
@@ -208,6 +209,8 @@ async def update_clip(request: web.Request) -> web.Response:
     if updated is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
     request.app[CLIP_CACHE].forget(clip_id)
+    if "audio_url" in changes and (cache := request.app.get(CACHE)) is not None:
+        cache.drop(clip_id)  # the old audio is never served again
     return json_response(Renderer(request).clip(updated), headers={"ETag": etag(updated)})
 
 
@@ -220,6 +223,8 @@ async def delete_clip(request: web.Request) -> web.Response:
     if deleted is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")
     request.app[CLIP_CACHE].forget(clip_id)
+    if (cache := request.app.get(CACHE)) is not None:
+        cache.drop(clip_id)
     if deleted["media_path"] is not None and BUCKET in request.app:
         await request.app[BUCKET].delete(deleted["media_path"])
     elif deleted["media_path"] is not None:

@@ -44,6 +44,7 @@ API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DB_ERROR_KINDS = ("unavailable", "query", "play_write")
 STORAGE_OPERATIONS = ("read", "write", "delete")
+CACHE_RESULTS = ("hit", "miss", "coalesced", "revalidated", "stale", "bypass")
 # How often a worker writes its sampled gauges (tasks, pool) in multiprocess
 # mode: well under any scrape interval, and a few file writes each time.
 SAMPLE_SECONDS = 1.0
@@ -168,8 +169,27 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.cache_requests = Counter(
+            "clips_cache_requests_total",
+            "Remote streams by what the cache of remote clips did (CACHE_MAX_BYTES > 0)",
+            ["result"],
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "clips_cache_bytes",
+            "Bytes of audio held in CACHE_DIR, as this worker counts them",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.cache_evictions = Counter(
+            "clips_cache_evictions_total",
+            "Cache entries evicted to stay within CACHE_MAX_BYTES",
+            registry=registry,
+        )
         for reason in END_REASONS:
             self.streams_ended.labels(reason)
+        for result in CACHE_RESULTS:
+            self.cache_requests.labels(result)
         for outcome in UPSTREAM_OUTCOMES:
             self.upstream_requests.labels(outcome)
         for source in ("remote", "stored"):

@@ -32,20 +32,42 @@ SEND_PIECE_BYTES = 256 * 1024
 
 class StoredFile:
     """An open audio file and the response a request for it gets. Use as a
-    context manager: the file is closed when the block ends."""
+    context manager: the file is closed when the block ends.
 
-    def __init__(self, request: web.Request, file: BinaryIO, content_type: str):
+    A stored clip's validators come from the file (ETag `"<mtime_ns>-<size>"`
+    in hex, its mtime as Last-Modified). A cached remote clip
+    (streaming/cache.py) passes its origin's instead, as the header values
+    the origin sent (either may be None), and its `size` when the file is
+    still being filled: a listener sees the same validators whether the
+    clip is piped or served from the cache, so conditional requests and
+    If-Range keep working across a fill."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        file: BinaryIO,
+        content_type: str,
+        *,
+        size: int | None = None,
+        validators: tuple[str | None, str | None] | None = None,
+    ):
         self.file = file
         try:
-            stat = os.fstat(self.file.fileno())
-            size = stat.st_size
-            self.offset, self.count = 0, size
             self.response = web.StreamResponse(headers={**STREAM_HEADERS, "Accept-Ranges": "bytes"})
             self.response.content_type = content_type
-            self.response.etag = f"{stat.st_mtime_ns:x}-{size:x}"
-            self.response.last_modified = stat.st_mtime
-            etag = self.response.headers["ETag"]
-            last_modified = self.response.headers["Last-Modified"]
+            if validators is None:
+                stat = os.fstat(self.file.fileno())
+                size = stat.st_size
+                self.response.etag = f"{stat.st_mtime_ns:x}-{size:x}"
+                self.response.last_modified = stat.st_mtime
+            else:
+                for name, value in zip(("ETag", "Last-Modified"), validators, strict=True):
+                    if value is not None:
+                        self.response.headers[name] = value
+            self.size = size
+            self.offset, self.count = 0, size
+            etag = self.response.headers.get("ETag")
+            last_modified = self.response.headers.get("Last-Modified")
             wanted = request[STREAM_RANGE]
             if not_modified(request, etag, last_modified):
                 self.response.set_status(304)
@@ -90,11 +112,21 @@ async def send_stored(request: web.Request, store: MediaStore, clip: Row) -> web
     (`send_timeout`) or outlives the clip's longest life (`timeout`). A file
     that is not there is a 404; one that cannot be read, a storage 500."""
     request[STREAM_SOURCE] = "stored"
-    settings = request.app[SETTINGS]
     file = store.open(clip["media_path"])
     if file is None:
         raise Problem(404, "The clip's audio file is missing")
-    with StoredFile(request, file, clip["content_type"]) as stored, tracked(request) as outcome:
+    with StoredFile(request, file, clip["content_type"]) as stored:
+        await send_file(request, stored, clip)
+    return stored.response
+
+
+async def send_file(request: web.Request, stored: StoredFile, clip: Row) -> None:
+    """Prepare `stored`'s response and send its body with one sendfile under
+    one deadline, the nearer of the clip's longest life and the listener's
+    pace; the stream is tracked (streaming/plays.py). Stored clips and hot
+    cache entries (streaming/cache.py) alike."""
+    settings = request.app[SETTINGS]
+    with tracked(request) as outcome:
         await stored.response.prepare(request)
         life = longest_life(settings, clip)
         pace = stored.pace(settings.stream_send_timeout)
@@ -107,4 +139,3 @@ async def send_stored(request: web.Request, store: MediaStore, clip: Row) -> web
             outcome.reason = "timeout" if life <= pace else "send_timeout"
             if request.transport is not None:
                 request.transport.abort()  # what it holds would never reach it
-    return stored.response

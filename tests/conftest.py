@@ -157,10 +157,19 @@ def bucket(media_store, request, audio_dir) -> TestBucket | None:
 
 
 @pytest.fixture
-def settings(database_url, media_dir, bucket) -> Settings:
+def cache_max_bytes() -> int:
+    """CACHE_MAX_BYTES of the app under test: off, unless a module runs its
+    tests with the cache on and off (tests/support.py, cache_on_and_off)."""
+    return 0
+
+
+@pytest.fixture
+def settings(database_url, media_dir, tmp_path, cache_max_bytes, bucket) -> Settings:
     return Settings(
         DATABASE_URL=database_url,
         MEDIA_DIR=media_dir,
+        CACHE_DIR=tmp_path / "cache",
+        CACHE_MAX_BYTES=cache_max_bytes,
         MIGRATE_ON_START=False,
         UPSTREAM_ALLOW="127.0.0.1/32",
         UPSTREAM_HEADERS_TIMEOUT=1.0,

@@ -9,7 +9,8 @@ image's user and port, probes on the app's real routes, a grace period
 longer than the drain, every variable a real setting, a read-only root with
 every written path on a volume, a Deployment that does not migrate and a
 Job that does (run for real against an empty database), and an autoscaler
-that cannot exhaust PostgreSQL's connections. Each check is a function
+that cannot exhaust PostgreSQL's connections, and a cache bound that fits
+its volume. Each check is a function
 returning what is wrong; the last test breaks the manifests one way at a
 time and expects each check to say so.
 """
@@ -290,6 +291,44 @@ def budget_problems(docs: list[dict]) -> list[str]:
     return []
 
 
+# Kubernetes quantities as sizeLimit writes them (binary and decimal units).
+QUANTITY_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+# A cache holds its bound plus the fills in flight, and evicts after a fill
+# lands: the volume needs headroom past the bound.
+CACHE_VOLUME_SHARE = 0.75
+
+
+def quantity_bytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([a-zA-Z]*)", str(quantity)).groups()
+    return int(number) * QUANTITY_UNITS[unit]
+
+
+def cache_problems(docs: list[dict]) -> list[str]:
+    """CACHE_MAX_BYTES must fit the volume CACHE_DIR is on, with headroom:
+    an emptyDir past its sizeLimit gets the pod evicted."""
+    settings = server_settings(docs)
+    if settings.cache_max_bytes == 0:
+        return []
+    container = server(docs)
+    volumes = {v["name"]: v for v in pod_of(the(docs, "Deployment")).get("volumes", [])}
+    mounts = {Path(m["mountPath"]): m["name"] for m in container.get("volumeMounts", [])}
+    cache_dir = Path(container_env(docs, container).get("CACHE_DIR", settings.cache_dir))
+    on = [path for path in mounts if cache_dir == path or cache_dir.is_relative_to(path)]
+    if not on:
+        return []  # writable_problems says so
+    limit = (
+        volumes[mounts[max(on, key=lambda p: len(p.parts))]].get("emptyDir", {}).get("sizeLimit")
+    )
+    if limit is None:
+        return [f"CACHE_DIR ({cache_dir}) is on a volume without a sizeLimit"]
+    if settings.cache_max_bytes > quantity_bytes(limit) * CACHE_VOLUME_SHARE:
+        return [
+            f"CACHE_MAX_BYTES {settings.cache_max_bytes} is more than"
+            f" {CACHE_VOLUME_SHARE:.0%} of its volume's sizeLimit {limit}"
+        ]
+    return []
+
+
 def selector_problems(docs: list[dict]) -> list[str]:
     deployment = the(docs, "Deployment")
     server_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -329,6 +368,7 @@ CHECKS = [
     migration_problems,
     writable_problems,
     budget_problems,
+    cache_problems,
     selector_problems,
 ]
 
@@ -495,6 +535,12 @@ BREAKAGES = [
         lambda d: the(d, "HorizontalPodAutoscaler")["spec"].update(maxReplicas=20),
         budget_problems,
         "maxReplicas 20",
+    ),
+    (
+        "a cache bigger than its volume",
+        set_config("CACHE_MAX_BYTES", str(2 * 2**30)),
+        cache_problems,
+        "CACHE_MAX_BYTES 2147483648 is more than 75% of its volume's sizeLimit 2Gi",
     ),
     (
         "a service selecting the job",

@@ -59,6 +59,7 @@ async def start_server(database_url, tmp_path, bucket):
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "MEDIA_DIR": str(media_dir),
+            "CACHE_DIR": str(tmp_path / "cache"),
             **(bucket.settings() if bucket is not None else {}),
         }
         with log.open("wb") as out:

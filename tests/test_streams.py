@@ -12,7 +12,12 @@ from aiohttp import web
 
 from db.plays import PLAYS
 from tests.scrape import metric, settled
-from tests.support import open_fds, read_problem, wait_until
+from tests.support import (
+    cache_on_and_off,  # noqa: F401 (runs every test cache off and on)
+    open_fds,
+    read_problem,
+    wait_until,
+)
 
 KIB = 1024
 
