@@ -12,9 +12,12 @@ import wave
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from db import POOL
 from db.plays import PLAYS
+from server import SERVER_OPTIONS, create_app
+from settings import Settings
 from storage import StorageError
 from storage.s3 import PART_BYTES
 from tests.buckets import TestBucket, signing_user, start_s3_server
@@ -168,9 +171,21 @@ async def test_an_unreachable_endpoint_is_503_and_readyz_stays_ready(
     assert metric(text, "clips_storage_errors_total", operation="read") >= 1
 
 
-async def test_the_app_does_not_start_on_a_bucket_that_does_not_exist(settings, make_client):
-    with pytest.raises(StorageError, match="the bucket does not exist"):
-        await make_client(settings.changed({"s3_bucket": "no-such-bucket"}))
+async def refused_start(settings: Settings) -> StorageError:
+    """The StorageError an app's start stops at; what did start is closed."""
+    server = TestServer(create_app(settings))
+    try:
+        with pytest.raises(StorageError) as refused:
+            await server.start_server(**SERVER_OPTIONS)
+    finally:
+        if server.runner is not None:
+            await server.runner.cleanup()
+    return refused.value
+
+
+async def test_the_app_does_not_start_on_a_bucket_that_does_not_exist(settings):
+    refused = await refused_start(settings.changed({"s3_bucket": "no-such-bucket"}))
+    assert "the bucket does not exist" in str(refused)
 
 
 @pytest.fixture
@@ -205,5 +220,5 @@ async def test_requests_are_signed_as_a_checking_store_expects(
     for response in (small, big):
         assert (await client.delete(f"/clips/{(await response.json())['id']}")).status == 204
     assert bucket.names() == set()
-    with pytest.raises(StorageError, match="access was denied"):
-        await make_client(settings.changed({**names, "aws_secret_access_key": "not-the-secret"}))
+    wrong = settings.changed({**names, "aws_secret_access_key": "not-the-secret"})
+    assert "access was denied" in str(await refused_start(wrong))
