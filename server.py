@@ -41,6 +41,7 @@ from streaming.plays import count_play
 from streaming.uploads import uploads_ctx
 from streaming.upstream import upstream_ctx
 from web import auth, chain, requestlog
+from web.pages import PAGE_CACHE, PageCache
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     )
     app[SETTINGS] = settings
     app[requestlog.REQUEST_IDS] = requestlog.RequestIds()
+    app[PAGE_CACHE] = PageCache(settings.list_cache_seconds)
     app[auth.ACCESS] = auth.Access(
         auth.ApiKeys(settings.api_key_entries()),
         auth.StreamSigner(settings.stream_url_secret, settings.stream_url_ttl),

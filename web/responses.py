@@ -9,6 +9,17 @@ import orjson
 from aiohttp import web
 
 
+def encode_json(body: object) -> bytes:
+    return orjson.dumps(body)
+
+
+def encoded_json_response(body: bytes, *, headers: dict[str, str] | None = None) -> web.Response:
+    """A 200 whose JSON body is encoded already (a kept page: web/pages.py)."""
+    return web.Response(
+        body=body, headers=headers, content_type="application/json", charset="utf-8"
+    )
+
+
 def json_response(
     body: object,
     *,
