@@ -104,8 +104,10 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     app.add_routes(
         [
             *health.routes,
-            *clips.routes,
+            # Before the catalogue: the router tries the routes under /clips
+            # in this order, and streams are the hottest of them.
             *streams.routes,
+            *clips.routes,
             *docs.routes,
             *metrics.routes(app[METRICS]),
         ]

@@ -20,10 +20,15 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]{{2,45}}\])(?::([0-9]{{1,5}}))?")
 
 
-# Clients send the same few Host values again and again: each is judged once.
-@functools.lru_cache(maxsize=1024)
 def valid_host(value: str) -> bool:
-    match = _HOST.fullmatch(value) if len(value) <= 261 else None
+    return len(value) <= 261 and _valid_host(value)
+
+
+# Clients send the same few Host values again and again: each is judged
+# once (and only short ones are remembered, so the memory stays small).
+@functools.lru_cache(maxsize=1024)
+def _valid_host(value: str) -> bool:
+    match = _HOST.fullmatch(value)
     if match is None or (match[1] is not None and int(match[1]) > 65535):
         return False
     if value.startswith("["):
