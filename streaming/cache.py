@@ -9,6 +9,10 @@ its caching headers. Entries are keyed by clip id and the origin's
 identity (the clip's audio_url), so a PATCHed audio_url never serves the
 old bytes; handlers/clips.py drops a clip's entries on PATCH and DELETE.
 
+The bound holds for bodies and fills under way together: a fill reserves
+its declared length when it starts (evicting what that needs), and one
+that does not fit beside the fills already under way is piped instead.
+
 Freshness (RFC 9111 §4.2): `s-maxage`, else `max-age`, else `Expires`
 minus `Date`, less `Age`; `no-cache` stores but is stale at once. Without
 any of them, heuristically (§4.2.2) a tenth of the time since Last-Modified,
@@ -195,6 +199,7 @@ class Fill:
         self.written = 0
         self.failed: str | None = None  # why: "upstream_error" or "timeout"
         self.dropped = False
+        self.reserved = entry.size  # given back by release(), once
         self._changed = asyncio.Event()
         # A local file in the page cache, written inline as stored.py reads:
         # a thread hop per chunk would cost more than the write. Unbuffered:
@@ -206,6 +211,12 @@ class Fill:
             self._out.close()
             self.path.unlink(missing_ok=True)
             raise
+
+    def release(self) -> None:
+        """Give the fill's bytes back to the bound: on install they count
+        as the entry's; on failure, as nothing."""
+        self.cache.release(self.reserved)
+        self.reserved = 0
 
     @property
     def done(self) -> bool:
@@ -243,6 +254,7 @@ class Fill:
                         self._write(chunk)
             if self.written != self.entry.size:
                 raise FillFailed(f"the body ended at {self.written} of {self.entry.size} bytes")
+            self.release()
             if self.dropped:
                 part.unlink(missing_ok=True)
             else:
@@ -257,6 +269,7 @@ class Fill:
                 raise
             log.warning("clip %s: cache fill failed: %r", self.entry.clip_id, error)
         finally:
+            self.release()
             if self.cache.fills.get(self.entry.key) is self:
                 del self.cache.fills[self.entry.key]
             changed, self._changed = self._changed, asyncio.Event()
@@ -273,6 +286,10 @@ class Cache:
         self.shared = shared
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
         self.bytes = 0
+        # Bytes this process's fills in flight will hold once whole: they
+        # count against the bound from their start, so the directory (parts
+        # and bodies together) never holds more than it.
+        self.filling = 0
         self.fills: dict[str, Fill] = {}
         self.pending: dict[str, asyncio.Future] = {}  # a first listener's origin request
         self.refused: dict[str, float] = {}
@@ -441,11 +458,12 @@ class Cache:
         return True
 
     def evict(self, keep: str | None = None) -> None:
-        """Least recently used entries out until the bound holds."""
-        if self.shared and self.bytes > self.max_bytes:
+        """Least recently used entries out until the bound holds for them
+        and the fills in flight together."""
+        if self.shared and self.bytes + self.filling > self.max_bytes:
             self.load()  # others' entries count against the bound too
         for key in list(self.entries):
-            if self.bytes <= self.max_bytes:
+            if self.bytes + self.filling <= self.max_bytes:
                 break
             if key == keep:
                 continue
@@ -493,8 +511,9 @@ class Cache:
         return False
 
     def room_for(self, size: int) -> bool:
-        """Whether a body of `size` bytes may be filled: within the bound,
-        and leaving the disk a bound's worth of room besides."""
+        """Whether a body of `size` bytes may ever be filled: within the
+        bound, and leaving the disk a bound's worth of room besides (with
+        what the fills in flight have still to write)."""
         if size > self.max_bytes:
             return False
         try:
@@ -503,7 +522,23 @@ class Cache:
         except OSError as error:
             log.warning("CACHE_DIR %s cannot be used: %s", self.directory, error.strerror)
             return False
-        return stat.f_bavail * stat.f_frsize > size + min(self.max_bytes, 256 * 1024 * 1024)
+        coming = sum(fill.entry.size - fill.written for fill in self.fills.values())
+        reserve = min(self.max_bytes, 256 * 1024 * 1024)
+        return stat.f_bavail * stat.f_frsize > size + coming + reserve
+
+    def reserve(self, size: int) -> bool:
+        """Count a fill of `size` bytes against the bound from now on,
+        evicting what it needs; False (nothing reserved) when the fills in
+        flight hold too much of the bound already: then the listener is
+        piped. Each reservation is given back once, by `release`."""
+        if self.filling + size > self.max_bytes:
+            return False
+        self.filling += size
+        self.evict()
+        return True
+
+    def release(self, size: int) -> None:
+        self.filling -= size
 
     def start(self, fill: Fill, *args) -> None:
         """Run `fill` in the background: it outlives the listener who began it."""

@@ -395,9 +395,16 @@ async def fill_from_origin(
                     chunk_bytes = request.app[UPSTREAM].buffer_bytes
                     whole = Part(200, {}, length=size)
                     first = await whole.first_bytes(answer, chunk_bytes, settings)
+                    if not cache.reserve(size):
+                        # The fills in flight hold the bound: this one is
+                        # piped, and the next listener may fill it.
+                        decide(PASS)
+                        results.labels("bypass").inc()
+                        return await send_answer(request, clip, answer, part, first)
                     try:
                         fill = Fill(cache, new, first)
                     except OSError as error:
+                        cache.release(size)
                         log.warning("clip %s: cache cannot fill: %s", clip["id"], error)
                         decide(PASS)
                         results.labels("bypass").inc()

@@ -232,6 +232,49 @@ async def test_least_recently_used_entries_are_evicted_by_bytes(
     assert [len(told.seen(n)) for n in "abc"] == [1, 2, 1]  # only b was fetched again
 
 
+def cache_bytes_on_disk(settings) -> int:
+    """The bytes of the whole bodies CACHE_DIR holds."""
+    return sum(p.stat().st_size for p in settings.cache_dir.iterdir() if p.suffix == ".audio")
+
+
+async def test_fills_in_flight_count_against_the_bound(settings, make_client, told, remote):
+    # Two cold clips that do not fit the bound together, filled at once:
+    # the second is piped, so the directory never holds more than the bound
+    # (a cache of many cold clips at once used to fill the disk).
+    client = await make_client(settings.changed({"cache_max_bytes": 700 * KIB}))
+    told.cache_control = "max-age=3600"
+    (a, audio_a), (b, audio_b) = await remote("a", 400 * KIB), await remote("b", 400 * KIB)
+    told.gate = asyncio.Event()
+    first = asyncio.create_task(listen(client, a))
+    await wait_until(lambda: told.seen("a"), "a's fill")
+    second = asyncio.create_task(listen(client, b))
+    await settled(client, "clips_streams_in_flight", 2)
+    assert [p.suffix for p in settings.cache_dir.iterdir()] == [".part"]  # a's fill only
+    told.gate.set()
+    assert [(await first)[:2], (await second)[:2]] == [(200, audio_a), (200, audio_b)]
+    counted = await results(client)
+    assert (counted["miss"], counted["bypass"]) == (1, 1)
+    assert cache_bytes_on_disk(settings) == 400 * KIB
+
+
+async def test_a_fill_makes_room_before_it_writes(settings, make_client, told, remote):
+    # The bound holds while a fill is under way, not only once it is whole:
+    # the least recently used entry goes when the fill starts (a pod whose
+    # CACHE_DIR is an emptyDir is evicted the moment it passes its limit).
+    client = await make_client(settings.changed({"cache_max_bytes": 700 * KIB}))
+    told.cache_control = "max-age=3600"
+    (a, audio_a), (b, audio_b) = await remote("a", 400 * KIB), await remote("b", 400 * KIB)
+    assert (await listen(client, a))[:2] == (200, audio_a)
+    told.gate = asyncio.Event()
+    filling = asyncio.create_task(listen(client, b))
+    await settled(client, "clips_streams_in_flight", 1)
+    assert [p.suffix for p in settings.cache_dir.iterdir()] == [".part"]  # a is gone already
+    told.gate.set()
+    assert (await filling)[:2] == (200, audio_b)
+    assert cache_bytes_on_disk(settings) == 400 * KIB
+    assert metric(await scrape(client), "clips_cache_evictions_total") == 1
+
+
 async def test_a_cut_fill_leaves_no_entry_and_the_next_listener_refetches(
     client, told, remote, settings
 ):
