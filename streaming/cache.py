@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -86,6 +87,15 @@ TOUCH_SECONDS = 60.0
 ORPHAN_SECONDS = 60.0
 # The headers an entry keeps: a 304 updates them (RFC 9111 §4.3.4).
 KEPT_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Cache-Control", "Expires")
+
+
+# The names of the cache's own files (`Cache.key` is `<clip id>-<32 hex>`):
+# nothing else in CACHE_DIR is ever read or removed, so a CACHE_DIR shared
+# with other files (or set to the wrong directory) loses none of them.
+KEY = r"\d+-[0-9a-f]{32}"
+SIDECAR_NAME = re.compile(rf"{KEY}\.json")
+BODY_NAME = re.compile(rf"{KEY}\.[0-9a-f]{{16}}\.audio")
+PART_NAME = re.compile(rf"\.{KEY}\.(\d+)\.[0-9a-f]{{8}}(?:\.json)?\.part")
 
 
 class FillFailed(Exception):
@@ -317,18 +327,21 @@ class Cache:
         found = []
         # Made by the first fill: an app that never streams a remote clip
         # leaves no directory behind.
+        bodies = []
         for path in self.directory.iterdir() if self.directory.is_dir() else ():
-            if path.suffix == ".part":
-                if start and not alive(path.name.split(".")[2]):
+            if part := PART_NAME.fullmatch(path.name):
+                if start and not alive(part[1]):
                     with contextlib.suppress(OSError):
                         path.unlink()
-            elif path.suffix == ".json":
+            elif SIDECAR_NAME.fullmatch(path.name):
                 entry = self._read(path)
                 if entry is None:
                     continue
                 named.add(entry.body)
                 found.append(entry)
-        for path in self.directory.glob("*.audio"):
+            elif BODY_NAME.fullmatch(path.name):
+                bodies.append(path)
+        for path in bodies:
             if path.name not in named:
                 with contextlib.suppress(OSError):
                     if now - path.stat().st_mtime > ORPHAN_SECONDS:
@@ -348,6 +361,8 @@ class Cache:
         """The entry a sidecar describes, if its body is whole; else both go."""
         try:
             entry = Entry(**json.loads(sidecar.read_text()))
+            if not BODY_NAME.fullmatch(entry.body) or f"{entry.key}.json" != sidecar.name:
+                raise ValueError(f"not this sidecar's body: {entry.body!r}")
             stat = (self.directory / entry.body).stat()
             if stat.st_size == entry.size:
                 entry.touched = stat.st_mtime
@@ -484,6 +499,8 @@ class Cache:
         for key in [k for k, e in self.entries.items() if e.clip_id == clip_id]:
             self._remove(self._forget(key))
         for sidecar in self.directory.glob(f"{clip_id}-*.json"):
+            if not SIDECAR_NAME.fullmatch(sidecar.name):
+                continue
             entry = self._read(sidecar)
             if entry is not None:
                 self._remove(entry)
@@ -561,7 +578,7 @@ def alive(pid: str) -> bool:
         if number == os.getpid():
             return False
         os.kill(number, 0)
-    except (ValueError, ProcessLookupError):
+    except (ValueError, OverflowError, ProcessLookupError):
         return False
     except PermissionError:
         return True

@@ -310,6 +310,31 @@ async def test_a_restarted_app_serves_its_entries_with_the_origin_down(
     assert not [n for n in cache_files(settings) if n.endswith(".part")]
 
 
+async def test_files_in_cache_dir_that_are_not_the_caches_are_left_alone(
+    settings, make_client, told, remote
+):
+    # CACHE_DIR pointed at a directory holding other files (./ or /tmp, say):
+    # the cache reads and removes only its own, at start and when a clip goes.
+    settings.cache_dir.mkdir()
+    theirs = ["notes.json", "x.part", ".y.part", "song.audio", "9-notes.json"]
+    for name in theirs:
+        (settings.cache_dir / name).write_text("not the cache's")
+        os.utime(settings.cache_dir / name, (0, 0))  # old: not a body being installed
+    client = await make_client()
+    clip_id, audio = await remote()
+    (settings.cache_dir / f"{clip_id}-notes.json").write_text("not the cache's either")
+    assert (await listen(client, clip_id))[:2] == (200, audio)
+    assert (await client.delete(f"/clips/{clip_id}")).status == 204
+    await client.close()
+    await make_client()  # a restart rescans the directory
+    left = [
+        name
+        for name in cache_files(settings)
+        if not name.startswith(f"{clip_id}-") or "notes" in name
+    ]
+    assert left == sorted([*theirs, f"{clip_id}-notes.json"])
+
+
 @pytest.mark.parametrize("change", ["patch", "delete"])
 async def test_patch_and_delete_drop_the_clips_entry(client, told, remote, settings, change):
     told.cache_control = "max-age=3600"
