@@ -302,7 +302,8 @@ async def test_a_restarted_app_serves_its_entries_with_the_origin_down(
     assert (await listen(client, clip_id))[:2] == (200, audio)
     await client.close()
     # What a killed process leaves: a part file of a process that is gone.
-    (settings.cache_dir / f".{clip_id}-x.4194305.dead.part").write_bytes(b"half")
+    key = next(name for name in cache_files(settings) if name.endswith(".json"))[: -len(".json")]
+    (settings.cache_dir / f".{key}.4194305.deadbeef.part").write_bytes(b"half")
     await told.server.close()  # the origin is down
     again = await make_client()
     assert (await listen(again, clip_id))[:2] == (200, audio)
