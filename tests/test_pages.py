@@ -6,6 +6,7 @@ import pytest
 import yarl
 
 from db import POOL, clips
+from web.pages import Page, PageCache
 
 
 @pytest.fixture
@@ -102,3 +103,28 @@ async def test_stream_urls_name_the_host_each_request_used(kept, add_clip):
     named = await (await kept.get("/clips", headers={"Host": "clips.example:8443"})).json()
     assert yarl.URL(plain[0]["stream_url"]).host == "127.0.0.1"
     assert yarl.URL(named[0]["stream_url"]).authority == "clips.example:8443"
+
+
+async def test_kept_pages_are_bounded_by_bytes_not_only_by_count():
+    # A page's size is the writers' to choose (200 clips of long descriptions
+    # and URLs pass 2 MiB): 256 distinct queries must not keep 256 of those.
+    pages = PageCache(60.0, max_bytes=1000)
+    rendered = []
+
+    def render(size: int):
+        async def page() -> Page:
+            rendered.append(size)
+            return Page(b"x" * size, None)
+
+        return page
+
+    for query in range(10):
+        await pages.get(query, render(300))
+    assert pages.bytes == 900  # the three most recent pages
+    await pages.get(9, render(300))
+    await pages.get(0, render(300))
+    assert len(rendered) == 11  # 9 was kept; 0 was not, and is rendered again
+    await pages.get("huge", render(2000))
+    await pages.get("huge", render(2000))
+    assert rendered[-2:] == [2000, 2000]  # larger than the bound: never kept
+    assert pages.bytes <= 1000

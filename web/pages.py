@@ -21,10 +21,14 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-# Pages kept at most: a page of 50 clips is ~25 KiB, so about 6 MiB at
-# worst. Searches and cursors make the keys unbounded; the least recently
-# used page goes first.
+# Pages kept at most, and their bytes: searches, limits and cursors make
+# the keys unbounded, and a page's size depends on what writers put in the
+# catalogue (up to 200 clips of 2,000-character descriptions and 2,048-
+# character URLs: over 2 MiB of UTF-8), so the count alone would let 256
+# pages hold over half a GiB. The least recently used page goes first; a
+# page larger than the whole byte bound is answered and not kept.
 MAX_PAGES = 256
+MAX_PAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,11 @@ class Page:
 
 
 class PageCache:
-    def __init__(self, ttl: float, max_pages: int = MAX_PAGES):
+    def __init__(self, ttl: float, max_pages: int = MAX_PAGES, max_bytes: int = MAX_PAGE_BYTES):
         self._ttl = ttl
         self._max_pages = max_pages
+        self._max_bytes = max_bytes
+        self.bytes = 0  # the bodies of the pages kept
         self._pages: OrderedDict[Hashable, tuple[float, Page]] = OrderedDict()
         self._loading: dict[Hashable, asyncio.Future[Page]] = {}
         self._generation = 0  # moves on every clear()
@@ -62,12 +68,19 @@ class PageCache:
     async def _load(self, key: Hashable, render: Callable[[], Awaitable[Page]]) -> Page:
         generation, began = self._generation, time.monotonic()
         page = await render()
-        if generation == self._generation:  # no write of ours since it began
+        # Kept unless a write of ours came since it began, or it is too big.
+        if generation == self._generation and len(page.body) <= self._max_bytes:
+            self._forget(key)
             self._pages[key] = (began + self._ttl, page)
-            self._pages.move_to_end(key)
-            while len(self._pages) > self._max_pages:
-                self._pages.popitem(last=False)
+            self.bytes += len(page.body)
+            while len(self._pages) > self._max_pages or self.bytes > self._max_bytes:
+                self._forget(next(iter(self._pages)))
         return page
+
+    def _forget(self, key: Hashable) -> None:
+        kept = self._pages.pop(key, None)
+        if kept is not None:
+            self.bytes -= len(kept[1].body)
 
     def _loaded(self, key: Hashable, done: asyncio.Future[Page]) -> None:
         if self._loading.get(key) is done:
@@ -81,6 +94,7 @@ class PageCache:
         before it."""
         self._generation += 1
         self._pages.clear()
+        self.bytes = 0
         self._loading.clear()
 
 
