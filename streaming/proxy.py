@@ -52,6 +52,8 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import format_datetime
 
 import aiohttp
 import yarl
@@ -82,7 +84,7 @@ from streaming.ranges import (
     not_modified,
 )
 from streaming.upstream import UPSTREAM, UpstreamBusy, UpstreamRefused
-from web.conditions import entity_tags, field_value, single_value
+from web.conditions import entity_tags, field_value
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -100,13 +102,16 @@ def revalidates(request: web.Request) -> bool:
 
 def conditions(request: web.Request) -> dict[str, str]:
     """The conditional headers passed to the origin, each as one line (the
-    client's lines combined; an If-Modified-Since sent twice is ignored).
-    If-Range is decided here (send_remote)."""
+    client's lines combined; an If-Modified-Since sent twice, or that is
+    not a date, is ignored here and not passed on; a date is passed in
+    HTTP's own form: origins choke on dates this app reads, aiohttp's
+    static files with a 500 on a year past the platform's, an S3 store on
+    RFC 5322's `-0000` zone). If-Range is decided here (send_remote)."""
     forwarded = {}
     if (tags := field_value(request, "If-None-Match")) is not None:
         forwarded["If-None-Match"] = tags
-    if (since := single_value(request, "If-Modified-Since")) is not None:
-        forwarded["If-Modified-Since"] = since
+    if (since := modified_since(request)) is not None:
+        forwarded["If-Modified-Since"] = format_datetime(since.astimezone(UTC), usegmt=True)
     return forwarded
 
 

@@ -22,7 +22,7 @@ ignored (§13.1.3).
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from aiohttp import web
@@ -110,12 +110,19 @@ def if_range_holds(request: web.Request, etag: str | None, last_modified: str | 
 
 
 def http_date(value: str | None) -> datetime | None:
+    """An HTTP date as an aware datetime, or None when it is not one. Any
+    client or origin writes these: a year too large for the platform
+    (`Mon, 01 Jan 99999999999 00:00:00 GMT`) is None, not an OverflowError,
+    and RFC 5322's `-0000` zone (a naive datetime from the parser, which
+    cannot be compared with an aware one) is taken as UTC, as HTTP dates
+    are (RFC 9110 §5.6.7)."""
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def not_modified(request: web.Request, etag: str | None, last_modified: str | None) -> bool:

@@ -531,6 +531,27 @@ async def test_if_modified_since_and_if_range(client, source_clip, audio_dir, so
     assert len(await stale.read()) == (audio_dir / "big.mp3").stat().st_size
 
 
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Mon, 01 Jan 99999999999 00:00:00 GMT",  # past the platform's years: not a date
+        "Sat, 01 Jan 2000 00:00:00 -0000",  # RFC 5322's unknown zone: UTC
+    ],
+)
+async def test_a_date_any_client_may_send_is_never_a_500(
+    client, source_clip, audio_dir, source, date
+):
+    clip_id = await source_clip(source, "big.mp3")
+    since = await client.get(f"/clips/{clip_id}/stream", headers={"If-Modified-Since": date})
+    assert since.status == 200  # ignored, or long before the file: all of it
+    assert await since.read() == (audio_dir / "big.mp3").read_bytes()
+    resumed = await client.get(
+        f"/clips/{clip_id}/stream", headers={"Range": "bytes=10-19", "If-Range": date}
+    )
+    assert resumed.status == 200  # not this version's date: the whole clip
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [("/status/500", 502), ("/hang", 504), ("/cut", 200), ("/stall", 200), ("/loop", 502)],
