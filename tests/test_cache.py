@@ -29,6 +29,7 @@ class Told:
         self.bodies: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
         self.cache_control: str | None = None
+        self.headers: dict[str, str] = {}  # any others it is told to send
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.gate: asyncio.Event | None = None  # holds the body after 64 KiB
         self.cut_at: int | None = None  # dies after this many bytes
@@ -49,6 +50,7 @@ class Told:
         headers["Last-Modified"] = "Wed, 01 Jan 2025 00:00:00 GMT"
         if self.cache_control is not None:
             headers["Cache-Control"] = self.cache_control
+        headers.update(self.headers)
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         start = 0
@@ -371,6 +373,16 @@ async def test_a_hot_clip_plays_through_an_origin_outage(client, told, remote, c
     await told.server.close()  # down altogether
     status, body, _ = await listen(client, clip_id)
     assert status == (502 if "must-revalidate" in control else 200)
+
+
+@pytest.mark.parametrize("name", ["Expires", "Last-Modified", "Date"])
+async def test_an_origins_impossible_date_is_no_500(client, told, remote, name):
+    # A year past the platform's is not a date (RFC 9111 §5.3: an invalid
+    # Expires is in the past): the clip plays, and is fetched again.
+    told.headers[name] = "Mon, 01 Jan 99999999999 00:00:00 GMT"
+    clip_id, audio = await remote()
+    assert (await listen(client, clip_id))[:2] == (200, audio)
+    assert (await listen(client, clip_id))[:2] == (200, audio)
 
 
 async def test_an_origin_answering_gone_drops_the_entry(client, told, remote, settings):
