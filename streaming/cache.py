@@ -289,9 +289,22 @@ class Fill:
 class Cache:
     """CACHE_DIR's index, its fills, and its bound. One per app (cache_ctx)."""
 
-    def __init__(self, directory: Path, max_bytes: int, metrics: Metrics, shared: bool = False):
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        metrics: Metrics,
+        shared: bool = False,
+        max_fills: int = 1024,
+    ):
         self.directory = directory
         self.max_bytes = max_bytes
+        # A fill outlives the listener who began it and holds an origin
+        # connection until the origin has sent it all (within the clip's
+        # longest life): fills nobody listens to, from an origin that
+        # trickles, may hold at most this many of UPSTREAM_MAX_CONNECTIONS,
+        # and the rest stay for listeners.
+        self.max_fills = max_fills
         self.metrics = metrics
         self.shared = shared
         self.entries: OrderedDict[str, Entry] = OrderedDict()  # least recently used first
@@ -546,9 +559,9 @@ class Cache:
     def reserve(self, size: int) -> bool:
         """Count a fill of `size` bytes against the bound from now on,
         evicting what it needs; False (nothing reserved) when the fills in
-        flight hold too much of the bound already: then the listener is
-        piped. Each reservation is given back once, by `release`."""
-        if self.filling + size > self.max_bytes:
+        flight hold too much of the bound, or are `max_fills` already: then
+        the listener is piped. Each reservation is given back once, by `release`."""
+        if self.filling + size > self.max_bytes or len(self.fills) >= self.max_fills:
             return False
         self.filling += size
         self.evict()
@@ -689,7 +702,13 @@ async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.cache_max_bytes == 0:
         yield
         return
-    cache = Cache(settings.cache_dir, settings.cache_max_bytes, app[METRICS], settings.workers > 1)
+    cache = Cache(
+        settings.cache_dir,
+        settings.cache_max_bytes,
+        app[METRICS],
+        shared=settings.workers > 1,
+        max_fills=max(1, settings.upstream_max_connections // 2),
+    )
     cache.load(start=True)
     cache.evict()
     app[CACHE] = cache

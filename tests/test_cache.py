@@ -13,6 +13,7 @@ from aiohttp import web
 from db.plays import PLAYS
 from streaming.cache import CACHE, freshness
 from streaming.ranges import http_date
+from streaming.upstream import UPSTREAM
 from tests.scrape import metric, scrape, settled
 from tests.support import wait_until
 
@@ -257,6 +258,30 @@ async def test_fills_in_flight_count_against_the_bound(settings, make_client, to
     counted = await results(client)
     assert (counted["miss"], counted["bypass"]) == (1, 1)
     assert cache_bytes_on_disk(settings) == 400 * KIB
+
+
+async def test_fills_nobody_hears_hold_at_most_half_the_origin_connections(
+    settings, make_client, told, remote
+):
+    # A fill outlives the listener who began it: listeners who hang up at
+    # once on cold clips of a slow origin must not leave fills holding every
+    # origin connection, so that every other remote clip answers 503.
+    # The origin stalls for longer than the test (not past the read timeout).
+    changes = {"upstream_max_connections": 2, "upstream_read_timeout": 60.0}
+    client = await make_client(settings.changed(changes))
+    told.cache_control = "max-age=3600"
+    (a, _), (b, _), (c, audio_c) = [await remote(name) for name in "abc"]
+    told.gate = asyncio.Event()  # the origin sends 64 KiB of each, then waits
+    for clip_id in (a, b):
+        response = await client.get(f"/clips/{clip_id}/stream")
+        assert response.status == 200
+        response.close()  # heard nothing: hung up at once
+    upstream = client.server.app[UPSTREAM]
+    await wait_until(lambda: upstream.in_use == 1, "only a's fill holding a connection")
+    response = await client.get(f"/clips/{c}/stream")
+    assert response.status == 200  # a connection was left for it
+    told.gate.set()
+    assert await response.read() == audio_c
 
 
 async def test_a_fill_makes_room_before_it_writes(settings, make_client, told, remote):
