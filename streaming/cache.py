@@ -315,6 +315,9 @@ class Cache:
         self.filling = 0
         self.fills: dict[str, Fill] = {}
         self.pending: dict[str, asyncio.Future] = {}  # a first listener's origin request
+        # Keys whose clip was dropped while their origin request was under
+        # way: the fill it becomes serves its listeners and is not kept.
+        self.cancelled: set[str] = set()
         self.refused: dict[str, float] = {}
         self.tasks: set[asyncio.Task] = set()
 
@@ -468,7 +471,10 @@ class Cache:
 
     def refresh(self, entry: Entry, headers: Mapping[str, str]) -> bool:
         """A 304 for `entry`: its headers updated (RFC 9111 §4.3.4) and its
-        freshness recomputed. False when the 304 names another version."""
+        freshness recomputed. False when the 304 names another version, or
+        the entry was dropped or evicted while the origin was asked."""
+        if self.entries.get(entry.key) is not entry:
+            return False
         headers = plain(headers)
         etag = headers.get("ETag")
         if etag is not None and entry.headers.get("ETag") not in (None, etag):
@@ -521,6 +527,7 @@ class Cache:
             if fill.entry.clip_id == clip_id:
                 fill.dropped = True  # it completes for its listeners, and is not kept
                 del self.fills[key]
+        self.cancelled.update(k for k in self.pending if k.startswith(f"{clip_id}-"))
         for key in [k for k in self.refused if k.startswith(f"{clip_id}-")]:
             del self.refused[key]
 
@@ -571,8 +578,12 @@ class Cache:
         self.filling -= size
 
     def start(self, fill: Fill, *args) -> None:
-        """Run `fill` in the background: it outlives the listener who began it."""
-        self.fills[fill.entry.key] = fill
+        """Run `fill` in the background: it outlives the listener who began
+        it. One whose clip was dropped meanwhile (`cancelled`) is not kept."""
+        if fill.entry.key in self.cancelled:
+            fill.dropped = True  # as drop() leaves a fill: unlisted, not kept
+        else:
+            self.fills[fill.entry.key] = fill
         task = asyncio.create_task(fill.run(*args))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

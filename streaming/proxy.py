@@ -364,6 +364,7 @@ async def fill_from_origin(
             verdict.set_result(value)
         if cache.pending.get(key) is verdict:
             del cache.pending[key]
+            cache.cancelled.discard(key)
 
     answer = None
     try:

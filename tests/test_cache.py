@@ -33,6 +33,7 @@ class Told:
         self.headers: dict[str, str] = {}  # any others it is told to send
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.gate: asyncio.Event | None = None  # holds the body after 64 KiB
+        self.hold: asyncio.Event | None = None  # holds the headers
         self.cut_at: int | None = None  # dies after this many bytes
         self.status: int | None = None
         self.app = web.Application()
@@ -43,6 +44,8 @@ class Told:
 
     async def answer(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.path, dict(request.headers)))
+        if self.hold is not None:
+            await self.hold.wait()
         if self.status is not None:
             return web.Response(status=self.status, text="nope")
         name = request.match_info["name"]
@@ -336,6 +339,29 @@ async def test_a_restarted_app_serves_its_entries_with_the_origin_down(
     assert (await listen(again, clip_id))[:2] == (200, audio)
     assert (await results(again))["hit"] == 1
     assert not [n for n in cache_files(settings) if n.endswith(".part")]
+
+
+@pytest.mark.parametrize("change", ["patch", "delete"])
+async def test_a_clip_changed_while_its_origin_is_asked_is_not_kept(
+    client, told, remote, settings, change
+):
+    # The first listener's origin request is under way when the clip's
+    # audio_url changes or the clip goes: its answer is heard, not kept.
+    clip_id, audio = await remote()
+    told.hold = asyncio.Event()
+    first = asyncio.create_task(listen(client, clip_id))
+    await wait_until(lambda: told.seen("a.mp3"), "the fill's origin request")
+    if change == "patch":
+        told.bodies["b.mp3"], told.etags["b.mp3"] = b"other audio" * 9000, '"b"'
+        url = str(told.server.make_url("/b.mp3"))
+        changed = await client.patch(f"/clips/{clip_id}", json={"audio_url": url})
+        assert changed.status == 200
+    else:
+        assert (await client.delete(f"/clips/{clip_id}")).status == 204
+    told.hold.set()
+    assert (await first)[:2] == (200, audio)  # it asked before the change
+    await wait_until(lambda: not client.server.app[CACHE].tasks, "the fill ended")
+    assert cache_files(settings) == []  # the old audio is not kept
 
 
 async def test_files_in_cache_dir_that_are_not_the_caches_are_left_alone(
