@@ -1,7 +1,8 @@
 """Soundverse Clips: assembly of the application, and its entry point.
 
 `create_app(settings)` builds the app and gives it every resource (pool,
-upstream session, play writer, clip cache, media store, metrics registry)
+upstream session, play writer, clip cache, media store, job runners,
+metrics registry)
 through its lifecycle; `main()` reads the settings, sets up logging, and
 runs one server process or supervises WORKERS of them. Nothing imports
 this module (tests/test_architecture.py).
@@ -30,7 +31,8 @@ from db.clip_cache import clip_cache_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
-from handlers import clips, docs, health, metrics, streams
+from handlers import clips, docs, health, metrics, peaks, streams
+from jobs import jobs_ctx
 from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore
@@ -97,6 +99,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             ),
             upstream_ctx,
             uploads_ctx,
+            jobs_ctx,
             sampling_ctx,
         ]
     )
@@ -108,6 +111,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             *health.routes,
             *clips.routes,
             *streams.routes,
+            *peaks.routes,
             *docs.routes,
             *metrics.routes(app[METRICS]),
         ]

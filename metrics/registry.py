@@ -44,6 +44,11 @@ API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DB_ERROR_KINDS = ("unavailable", "query", "play_write")
 STORAGE_OPERATIONS = ("read", "write", "delete")
+JOB_KINDS = ("preview", "peaks")
+# done; retried later; failed for good; released (given back at shutdown);
+# lost (its claim was taken over, or the outcome could not be written).
+JOB_OUTCOMES = ("done", "retried", "failed", "released", "lost")
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 # How often a worker writes its sampled gauges (tasks, pool) in multiprocess
 # mode: well under any scrape interval, and a few file writes each time.
 SAMPLE_SECONDS = 1.0
@@ -168,6 +173,22 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.jobs = Counter(
+            "clips_jobs_total",
+            "Preview and peaks jobs ended, by kind and outcome",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "clips_job_duration_seconds",
+            "Time one job took, claim to outcome, by kind",
+            ["kind"],
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
+        for kind in JOB_KINDS:
+            for outcome in JOB_OUTCOMES:
+                self.jobs.labels(kind, outcome)
         for reason in END_REASONS:
             self.streams_ended.labels(reason)
         for outcome in UPSTREAM_OUTCOMES:

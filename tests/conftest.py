@@ -130,6 +130,9 @@ def settings(database_url, media_dir) -> Settings:
         UPSTREAM_HEADERS_TIMEOUT=1.0,
         UPSTREAM_READ_TIMEOUT=1.0,
         UPSTREAM_CONNECT_TIMEOUT=1.0,
+        # Jobs run only where a test asks for them (tests/test_previews.py):
+        # elsewhere an upload's preview would replace the original it streams.
+        JOB_WORKERS=0,
     )
 
 
