@@ -45,12 +45,18 @@ class JobProcess:
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self.pid: int | None = None
 
+    def _spawn(self) -> tuple[concurrent.futures.ProcessPoolExecutor, int]:
+        executor = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=self._context, initializer=ignore_interrupts
+        )
+        return executor, executor.submit(os.getpid).result()
+
     async def _start(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                1, mp_context=self._context, initializer=ignore_interrupts
-            )
-            self.pid = await asyncio.get_running_loop().run_in_executor(self._executor, os.getpid)
+            # In a thread: starting the process (and, the first time, the
+            # forkserver, which imports the decoders) takes a second or more,
+            # during which the event loop must keep renewing leases.
+            self._executor, self.pid = await asyncio.to_thread(self._spawn)
         return self._executor
 
     async def run(self, seconds: float, function: Callable[..., T], *args: object) -> T:
