@@ -187,6 +187,7 @@ class Metrics:
             registry=registry,
         )
         for kind in JOB_KINDS:
+            self.job_seconds.labels(kind)
             for outcome in JOB_OUTCOMES:
                 self.jobs.labels(kind, outcome)
         for reason in END_REASONS:
