@@ -166,7 +166,10 @@ def encode_preview(store: MediaStore, path: str, expected_seconds: float, kbps: 
     encoder.set_bit_rate(kbps)
     encoder.set_in_sample_rate(rate)
     encoder.set_channels(channels)
-    encoder.set_quality(2)  # LAME's -q 2: near-best, still fast
+    # LAME's own default, -q 5: measured here 2.3x faster than -q 2 (0.14 s
+    # against 0.32 s of CPU for 20 s of stereo) at the same size; the finer
+    # search of -q 2 is not worth it for a preview.
+    encoder.set_quality(5)
     try:
         out = store.create()
     except StorageError as error:
