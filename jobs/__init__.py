@@ -195,10 +195,18 @@ class Runner:
                 size_bytes=preview.size_bytes,
                 bitrate=preview.bitrate,
             )
-            outcome = await self._settle(job, "done", finished)
-            if outcome != "done":  # nobody will ever point at this file
+            try:
+                recorded = await finished
+            except DatabaseError as error:
+                # Kept: the write may have committed before the connection
+                # failed, and a stray file costs less than a clip pointing at
+                # none. The lease runs out and the job is done again.
+                log.warning("jobs: cannot record job %d as done: %s", job["id"], error)
+                return "lost"
+            if not recorded:  # taken over, or the clip deleted: nobody points at it
                 await asyncio.to_thread(self.store.delete, preview.name)
-            return outcome
+                return "lost"
+            return "done"
         if job["media_path"] is not None:
             peaks = await process.run(
                 seconds, make_stored_peaks, self.store_config, job["media_path"],
