@@ -60,7 +60,9 @@ from streaming.upstream import UPSTREAM, Upstream, UpstreamBusy, UpstreamRefused
 log = logging.getLogger(__name__)
 
 FETCH_CHUNK_BYTES = 64 * 1024
-# What a failed attempt may be, besides the file's own fault (Unreadable).
+# What a failed attempt may be, besides the file's own fault (Unreadable):
+# retried until JOB_MAX_ATTEMPTS. Anything else is a fault of ours, logged
+# with its traceback, and retried alike (the runner itself carries on).
 RETRYABLE = (Retryable, JobTimeout, JobCrashed, DatabaseError, OSError, aiohttp.ClientError)
 
 
@@ -121,7 +123,9 @@ class Runner:
             raise
         except Unreadable as error:
             outcome = await self._fail(job, str(error))
-        except RETRYABLE as error:
+        except Exception as error:  # RETRYABLE, or a fault of ours: retried alike
+            if not isinstance(error, RETRYABLE):
+                log.exception("jobs: %s of clip %d raised", kind, job["clip_id"])
             reason = str(error) or type(error).__name__
             if job["attempts"] >= self.settings.job_max_attempts:
                 outcome = await self._fail(
