@@ -127,3 +127,37 @@ async def test_deleting_a_clip_removes_its_preview_too(settings, make_client, me
     assert len(media_files(media_dir) - before) == 2  # the original and its preview
     assert (await client.delete(f"/clips/{clip['id']}")).status == 204
     assert media_files(media_dir) == before
+
+
+def adts_aac(frames: int = 500, payload: int = 200) -> bytes:
+    """AAC in ADTS frames (44.1 kHz stereo, LC) with noise for payload: the
+    upload path takes AAC, the job processes do not decode it."""
+    length = 7 + payload
+    header = bytes(
+        [0xFF, 0xF1, (1 << 6) | (4 << 2), (2 << 6) | (length >> 11), (length >> 3) & 0xFF,
+         ((length & 7) << 5) | 0x1F, 0xFC]
+    )  # fmt: skip
+    return b"".join(header + os.urandom(payload) for _ in range(frames))
+
+
+async def test_audio_no_job_decodes_fails_with_the_reason_and_plays(
+    settings, make_client, media_dir
+):
+    client = await make_client(running_jobs(settings))
+    (media_dir / "take.aac").write_bytes(adts_aac())
+    created = await clips.create_clip(
+        client.server.app[POOL], title="AAC", description="", genre="rock",
+        duration_seconds=11.6, audio_url=None, media_path="take.aac", content_type="audio/aac",
+        jobs=("preview", "peaks"),
+    )  # fmt: skip
+    client.server.app[JOBS].wake()
+    for kind in ("preview", "peaks"):
+        job = await ended(client.server.app[POOL], created["id"], kind)
+        assert job["state"] == "failed" and job["attempts"] == 1
+        assert "(AAC) cannot be decoded here" in job["last_error"]
+    clip = await (await client.get(f"/clips/{created['id']}")).json()
+    assert clip["preview"]["status"] == "failed"
+    assert "WAV, FLAC, MP3 and Ogg Vorbis" in clip["preview"]["reason"]
+    stream = await client.get(f"/clips/{created['id']}/stream")
+    assert stream.status == 200 and stream.content_type == "audio/aac"
+    assert await stream.read() == (media_dir / "take.aac").read_bytes()
