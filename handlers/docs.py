@@ -115,7 +115,7 @@ PROBLEMS = {
     400: "A parameter, header or body field is wrong; `errors` names each field",
     401: "API keys are set and the request has none, or an unknown one",
     403: "The key may not do this (a read key asked to write)",
-    404: "No clip has that id (peaks: or they are not computed yet; the detail says which)",
+    404: "No clip has that id",
     408: "The body arrived too slowly (UPLOAD_IDLE_SECONDS, UPLOAD_MAX_SECONDS)",
     412: "If-Match does not match the clip's current ETag",
     413: "The body is larger than MAX_UPLOAD_BYTES (or 64 KiB of JSON)",
@@ -357,7 +357,11 @@ def document() -> dict:
                         },
                         "304": {"description": "Not modified"},
                         "400": problem(400),
-                        "404": problem(404),
+                        "404": {
+                            **problem(404),
+                            "description": "No clip has that id, or its peaks are not computed"
+                            " yet (Retry-After) or could not be (the detail says why)",
+                        },
                         "503": problem(503),
                     },
                 }

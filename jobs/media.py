@@ -66,7 +66,11 @@ class Retryable(Exception):
 @dataclass(frozen=True)
 class StoreConfig:
     """How a job process opens the app's media store: everything it needs,
-    picklable (the app's MediaStore holds callbacks that are not)."""
+    picklable (the app's MediaStore holds callbacks that are not). A store
+    of another kind (object storage) adds what its client needs here, and
+    its `open` must give a readable file (`local_copy` copies it to a
+    temporary file for the decoders, which want a path) and `create` a
+    NewFile-like writer whose `rename` stores the preview under a new name."""
 
     directory: Path
     min_free_bytes: int = 0
