@@ -198,8 +198,12 @@ async def test_a_remote_clip_gets_peaks_from_one_fetch(client, aiohttp_server, a
         fetched.append(request.method)
         return web.FileResponse(audio_dir / "tune.wav")
 
+    async def noise(request: web.Request) -> web.Response:
+        return web.Response(body=os.urandom(50_000))
+
     origin = web.Application()
     origin.router.add_get("/tune.wav", tune)
+    origin.router.add_get("/noise.mp3", noise)
     server = await aiohttp_server(origin)
     response = await client.post(
         "/clips",
@@ -227,6 +231,21 @@ async def test_a_remote_clip_gets_peaks_from_one_fetch(client, aiohttp_server, a
     assert body["sample_rate"] == 22050  # tune.wav's own rate
     assert fetched == ["GET"]
     assert [r["state"] for r in await queue.job_states(pool, clip["id"])] == ["done"]
+
+    # Other audio, other waveform: the old peaks go, new ones are computed
+    # (here from noise, which no decoder reads).
+    changed = await client.patch(
+        f"/clips/{clip['id']}", json={"audio_url": str(server.make_url("/noise.mp3"))}
+    )
+    assert changed.status == 200
+
+    async def failed():
+        states = await queue.job_states(pool, clip["id"])
+        return states[0]["state"] == "failed"
+
+    await wait_until(failed, "the new peaks job to end", seconds=30, interval=0.1)
+    problem = await read_problem(await client.session.get(clip["peaks_url"]), 404)
+    assert "could not be computed" in problem["detail"]
 
 
 async def test_a_corrupt_file_fails_its_jobs_and_the_clip_still_plays(client, pool):
