@@ -2,7 +2,7 @@
 encode its MP3 preview, measure its waveform peaks.
 
 Decoding is miniaudio's (dr_wav, dr_flac, dr_mp3, stb_vorbis: WAV, FLAC, MP3
-and Ogg Vorbis); encoding LAME's, through lameenc. Together about 5 MB of
+and Ogg Vorbis); encoding LAME's, through lameenc. Together 4.2 MB of
 image, against 103 MB for PyAV's bundled FFmpeg or about 160 MB for
 Debian's ffmpeg and its libraries (README, "Previews and peaks"). The price:
 Ogg Opus and AAC/M4A uploads, which the upload path accepts, are not
