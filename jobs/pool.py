@@ -56,7 +56,15 @@ class JobProcess:
             # In a thread: starting the process (and, the first time, the
             # forkserver, which imports the decoders) takes a second or more,
             # during which the event loop must keep renewing leases.
-            self._executor, self.pid = await asyncio.to_thread(self._spawn)
+            spawning = asyncio.ensure_future(asyncio.to_thread(self._spawn))
+            try:
+                self._executor, self.pid = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                # Stopping meanwhile: the thread cannot be stopped, so let
+                # the process finish starting and be closed with the rest
+                # (one whose parent leaves mid-start dies with a traceback).
+                self._executor, self.pid = await spawning
+                raise
         return self._executor
 
     async def run(self, seconds: float, function: Callable[..., T], *args: object) -> T:
