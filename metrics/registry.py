@@ -211,6 +211,8 @@ class Metrics:
         self.streams_started_of = Children(self.streams_started)
         self.streams_ended_of = Children(self.streams_ended)
         self.stream_bytes_of = Children(self.stream_bytes)
+        self.cache_requests_of = Children(self.cache_requests)
+        self.upstream_requests_of = Children(self.upstream_requests)
         for reason in END_REASONS:
             self.streams_ended.labels(reason)
         for result in CACHE_RESULTS:
