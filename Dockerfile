@@ -38,7 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
-    MEDIA_DIR=/app/media
+    MEDIA_DIR=/app/media \
+    CACHE_DIR=/app/cache
 
 WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
@@ -55,10 +56,10 @@ COPY sql/ sql/
 COPY migrations/ migrations/
 COPY deploy/entrypoint.sh deploy/
 # Code stays root-owned and read-only to the app, compiled ahead of time;
-# only MEDIA_DIR (uploads, `python -m db.seed`) is the app user's.
+# only MEDIA_DIR (uploads, `python -m db.seed`) and CACHE_DIR are the app user's.
 RUN python -m compileall -q server.py settings.py handlers jobs web streaming storage schemas metrics db \
-    && mkdir media \
-    && chown clips:clips media
+    && mkdir media cache \
+    && chown clips:clips media cache
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001

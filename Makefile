@@ -18,7 +18,7 @@ DEV_STAMP := $(VENV)/.installed-dev-$(call checksum,$(DEV_REQUIREMENTS))
 # production leaves UPSTREAM_ALLOW empty (public addresses only).
 export UPSTREAM_ALLOW ?= 127.0.0.0/8,::1/128
 
-.PHONY: run test lint check clean test-deps bench soak migrate rollback seed
+.PHONY: run test lint check clean test-deps bench soak migrate rollback seed migrate-media
 
 define install
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ migrate: $(RUN_STAMP)
 rollback: $(RUN_STAMP)
 	$(PY) -m db.migrate --rollback
 
+# Copies MEDIA_DIR's uploads into the bucket the S3_* settings name
+# (idempotent, resumable): see README, "Past one machine".
+migrate-media: $(RUN_STAMP)
+	$(PY) -m streaming.migrate_to_s3
+
 # PUBLIC_URLS=1 adds the SoundHelix examples (for machines with internet access).
 seed: $(RUN_STAMP)
 	$(PY) -m db.seed $(if $(PUBLIC_URLS),--public-urls)
@@ -61,13 +66,15 @@ test: $(DEV_STAMP) test-deps
 
 # Real programs some tests drive: headless Chromium (end-to-end playback),
 # Prometheus (the dashboard's queries) and Debian's PostgreSQL, whose contrib
-# has pg_trgm (the search index's plan). Installed with apt-get when missing
-# and possible; the tests that need them say why they skip otherwise. (The
-# MP3 the upload tests send is committed: tests/fixtures/tune.mp3.)
-TEST_PACKAGES := chromium prometheus postgresql
+# has pg_trgm (the search index's plan), and PgBouncer (the app behind it in
+# transaction mode). Installed with apt-get when missing and possible; the
+# tests that need them say why they skip otherwise. (The MP3 the upload
+# tests send is committed: tests/fixtures/tune.mp3.)
+TEST_PACKAGES := chromium prometheus postgresql pgbouncer
 test-deps:
 	@missing=""; for p in $(TEST_PACKAGES); do \
-		case $$p in postgresql) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;; *) command -v $$p >/dev/null ;; esac \
+		case $$p in postgresql) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;; \
+			pgbouncer) test -x /usr/sbin/pgbouncer ;; *) command -v $$p >/dev/null ;; esac \
 			|| missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

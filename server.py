@@ -35,12 +35,15 @@ from handlers import clips, docs, health, metrics, peaks, streams
 from jobs import jobs_ctx
 from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
-from storage import MEDIA_STORE, MediaStore
+from storage import MEDIA_STORE, MediaStore, StorageError
+from streaming.bucket import bucket_ctx
+from streaming.cache import cache_ctx
 from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.uploads import uploads_ctx
 from streaming.upstream import upstream_ctx
-from web import auth, cors, hosts, instrumentation, problems, requestlog, responses
+from web import auth, chain, requestlog
+from web.pages import PAGE_CACHE, PageCache
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +58,12 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     """The app. `metrics_dir`: the supervisor's directory where every
     worker writes its metrics (WORKERS > 1); None keeps them in the app."""
     app = web.Application(
-        middlewares=[
-            requestlog.middleware,
-            instrumentation.middleware,
-            problems.middleware,
-            hosts.middleware,
-            cors.middleware,
-            auth.middleware,
-        ],
+        middlewares=[chain.middleware],
         client_max_size=MAX_JSON_BODY,
     )
     app[SETTINGS] = settings
+    app[requestlog.REQUEST_IDS] = requestlog.RequestIds()
+    app[PAGE_CACHE] = PageCache(settings.list_cache_seconds)
     app[auth.ACCESS] = auth.Access(
         auth.ApiKeys(settings.api_key_entries()),
         auth.StreamSigner(settings.stream_url_secret, settings.stream_url_ttl),
@@ -98,20 +96,22 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
                 on_failure=app[METRICS].db_errors.labels("play_write").inc,
             ),
             upstream_ctx,
+            bucket_ctx,
+            cache_ctx,
             uploads_ctx,
             jobs_ctx,
             sampling_ctx,
         ]
     )
-    app.on_response_prepare.extend(
-        [requestlog.add_request_id, responses.add_default_headers, cors.add_headers, count_play]
-    )
+    app.on_response_prepare.extend([chain.prepare_headers, count_play])
     app.add_routes(
         [
             *health.routes,
-            *clips.routes,
+            # Before the catalogue: the router tries the routes under /clips
+            # in this order, and streams are the hottest of them.
             *streams.routes,
             *peaks.routes,
+            *clips.routes,
             *docs.routes,
             *metrics.routes(app[METRICS]),
         ]
@@ -213,7 +213,7 @@ def failing_in_one_line(settings: Settings) -> Iterator[None]:
         if error.errno == errno.EADDRINUSE:
             raise port_in_use(settings) from None
         raise cannot_start(error) from None
-    except STARTUP_ERRORS as error:
+    except (*STARTUP_ERRORS, StorageError) as error:  # StorageError: the bucket
         raise cannot_start(error) from None
 
 

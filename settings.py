@@ -8,6 +8,7 @@ depend on it.
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -114,8 +115,15 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Seconds a stream may use clip metadata read earlier (0 = always ask
     # PostgreSQL); see db/clip_cache.py.
     clip_cache_seconds: float = Field(5.0, alias="CLIP_CACHE_SECONDS", ge=0)
+    # Seconds a rendered page of GET /clips may be answered again (0 = off);
+    # see web/pages.py.
+    list_cache_seconds: float = Field(1.0, alias="LIST_CACHE_SECONDS", ge=0)
     migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
+    # The read-through cache of remote clips (streaming/cache.py): where its
+    # files live, and the bytes it may hold (0 turns it off: streams pipe).
+    cache_dir: Path = Field(ROOT / "cache", alias="CACHE_DIR")
+    cache_max_bytes: int = Field(1024 * 1024 * 1024, alias="CACHE_MAX_BYTES", ge=0)
     log_level: LogLevel = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["plain", "json"] = Field("plain", alias="LOG_FORMAT")
     # false: health checks and scrapes (/healthz, /readyz, /metrics), which
@@ -151,6 +159,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     stream_send_timeout: float = Field(30.0, alias="STREAM_SEND_TIMEOUT", gt=0)
     upstream_max_redirects: int = Field(3, alias="UPSTREAM_MAX_REDIRECTS", ge=0, le=10)
     upstream_max_connections: int = Field(2048, alias="UPSTREAM_MAX_CONNECTIONS", ge=1)
+    # A PEM file of CA certificates trusted for HTTPS origins besides the
+    # system store (origins behind a private CA); unset = the system store only.
+    upstream_ca_bundle: Path | None = Field(None, alias="UPSTREAM_CA_BUNDLE")
     # Repeat plays of one clip by one listener (address + User-Agent) within
     # this many seconds count once; 0 counts every listen (streaming/dedup.py).
     play_dedup_seconds: float = Field(0.0, alias="PLAY_DEDUP_SECONDS", ge=0)
@@ -209,6 +220,19 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             raise ValueError(f"must be one of {', '.join(map(str, PREVIEW_BITRATES))} (kbit/s)")
         return value
 
+    # Where uploaded audio lives: "local" (MEDIA_DIR) or "s3" (a bucket;
+    # MEDIA_DIR then holds only uploads being received). storage/s3.py.
+    media_store: Literal["local", "s3"] = Field("local", alias="MEDIA_STORE")
+    s3_bucket: str | None = Field(None, alias="S3_BUCKET")
+    # Unset: AWS S3 itself; else an S3-compatible store (MinIO, R2, GCS).
+    s3_endpoint_url: str | None = Field(None, alias="S3_ENDPOINT_URL")
+    s3_region: str = Field("us-east-1", alias="S3_REGION")
+    # Prepended to every object's name ("clips/" keeps them in one folder).
+    s3_prefix: str = Field("", alias="S3_PREFIX")
+    aws_access_key_id: str | None = Field(None, alias="AWS_ACCESS_KEY_ID", repr=False)
+    aws_secret_access_key: str | None = Field(None, alias="AWS_SECRET_ACCESS_KEY", repr=False)
+    aws_session_token: str | None = Field(None, alias="AWS_SESSION_TOKEN", repr=False)
+
     @field_validator("database_url")
     @classmethod
     def _postgresql_url(cls, value: str | None) -> str | None:
@@ -228,6 +252,29 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
         if port == 0:
             raise ValueError("has a malformed host or port")
         return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _bucket_is_named(self) -> "Settings":
+        if self.media_store == "s3":
+            missing = [
+                name
+                for name, value in (
+                    ("S3_BUCKET", self.s3_bucket),
+                    ("AWS_ACCESS_KEY_ID", self.aws_access_key_id),
+                    ("AWS_SECRET_ACCESS_KEY", self.aws_secret_access_key),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"MEDIA_STORE=s3 needs {', '.join(missing)}")
+        return self
 
     # (role, key) pairs from API_KEYS and API_KEYS_FILE, read once when the
     # settings are validated.
@@ -258,6 +305,15 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
                 ipaddress.ip_network(entry, strict=False)
             except ValueError:
                 raise ValueError(f"{entry[:60]!r} is not an address or network") from None
+        return value
+
+    @field_validator("upstream_ca_bundle")
+    @classmethod
+    def _loadable_bundle(cls, value: Path | None) -> Path | None:
+        # Checked at start-up, not at the first HTTPS stream: a wrong path
+        # would otherwise surface as every private origin failing TLS.
+        if value is not None:
+            upstream_ssl_context(value)
         return value
 
     @model_validator(mode="after")
@@ -295,6 +351,22 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False  # a name: it may resolve anywhere
+
+
+def upstream_ssl_context(bundle: Path | None) -> ssl.SSLContext:
+    """The TLS context for origins: the system's trusted CAs, plus those in
+    the PEM file `bundle` (UPSTREAM_CA_BUNDLE) when given. Raises
+    ValueError naming what is wrong with the file (unreadable, or no PEM
+    certificate in it)."""
+    context = ssl.create_default_context()
+    if bundle is not None:
+        try:
+            context.load_verify_locations(cafile=bundle)
+        except ssl.SSLError:  # an OSError too: first
+            raise ValueError(f"{bundle} holds no PEM CA certificate") from None
+        except OSError as error:
+            raise ValueError(f"cannot read {bundle} ({error.strerror})") from None
+    return context
 
 
 SETTINGS = web.AppKey("SETTINGS", Settings)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import report, rig
+from bench import report, rig, service
 from bench.load import wrk_version
 from bench.options import OptionError, Options
 from bench.scenarios import Bench, api, memory, previews, scaling, streams, ttfb
@@ -52,6 +52,10 @@ async def run(options: Options) -> int:
             load_generator=wrk_version(),
             app_processes_serving=serving,
             clips=parts.catalogue.clips,
+            https_origin=parts.origin.https_url is not None,
+            # Asked of every app but the cache-off one; whether an app has
+            # a cache at all, each row's `cache` says.
+            cache_max_bytes=service.CACHE_MAX_BYTES,
         )
         print(
             f"origin: {parts.origin.kind}; {parts.catalogue.clips} clips seeded; app pid "

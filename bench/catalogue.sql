@@ -21,3 +21,15 @@ CROSS JOIN LATERAL (
            CASE WHEN n % 10 IN (1, 2) THEN $4::text ELSE $5::text END AS file
 ) AS source
 RETURNING id, genre, audio_url, media_path;
+
+-- name: bench_repoint_clips
+-- Give clips $1 the audio URLs $2 (same order): the HTTPS clip, and the
+-- cold clips whose URLs differ so that no cache, by clip or by URL, has
+-- seen them before.
+UPDATE clips SET audio_url = repointed.url
+FROM unnest($1::bigint[], $2::text[]) AS repointed(id, url)
+WHERE clips.id = repointed.id;
+
+-- name: bench_sum_plays
+-- Plays of clips $1 together (the cold clips of the first-byte scenario).
+SELECT coalesce(sum(play_count), 0)::bigint FROM clips WHERE id = ANY($1::bigint[]);

@@ -33,9 +33,16 @@ class FirstBytes:
 
 
 class Probe:
-    def __init__(self, host: str, port: int, path: str, size: int):
+    """Requests to one server, one at a time on one connection: for `path`
+    every time, or for each of `paths` in turn (a new clip each request:
+    first listens)."""
+
+    def __init__(self, host: str, port: int, path: str, size: int, paths: tuple[str, ...] = ()):
         self._address = (host, port)
-        self._request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        self._requests = [
+            f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode() for p in paths or (path,)
+        ]
+        self._turn = 0
         self._size = size
         self._sock: socket.socket | None = None
         self._view = memoryview(bytearray(BUFFER))
@@ -56,8 +63,10 @@ class Probe:
             if self._sock is None:
                 self._sock = socket.create_connection(self._address)
                 self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            request = self._requests[self._turn % len(self._requests)]
+            self._turn += 1
             sent = time.perf_counter()
-            self._sock.sendall(self._request)
+            self._sock.sendall(request)
             # MSG_PEEK: wake at the first byte without consuming it.
             if not self._sock.recv(1, socket.MSG_PEEK):
                 raise ConnectionError("closed before answering")

@@ -21,6 +21,11 @@ class Row:
     ratio_to: str | None = None  # what the ratio divides by
     count_ok: bool | None = None  # None: no counting in this row
     count: str | None = None
+    # Requests the origin answered per 1,000 plays (remote rows; counted
+    # in nginx's log), and RSS growth per held slow listener (memory rows).
+    origin_per_1000: float | None = None
+    rss_kib_per_listener: float | None = None
+    cache: str | None = None  # "on"/"off" as the app's metrics show; None: no remote bytes
     note: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -97,8 +102,21 @@ def machine() -> dict[str, object]:
     }
 
 
-COLUMNS = ("scenario", "target", "req/s", "MiB/s", "p50 ms", "p99 ms", "errors", "ratio", "count")
-WIDTHS = (22, 16, 9, 8, 8, 8, 6, 14, 6)
+COLUMNS = (
+    "scenario",
+    "target",
+    "req/s",
+    "MiB/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "ratio",
+    "orig/1k",
+    "KiB/lsn",
+    "cache",
+    "count",
+)
+WIDTHS = (31, 16, 9, 8, 8, 8, 6, 18, 7, 7, 5, 6)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -125,7 +143,10 @@ def line(row: Row) -> str:
         _num(row.p99_ms, 2).rjust(WIDTHS[5]),
         str(row.errors).rjust(WIDTHS[6]),
         ratio.rjust(WIDTHS[7]),
-        count.rjust(WIDTHS[8]),
+        _num(row.origin_per_1000, 0).rjust(WIDTHS[8]),
+        _num(row.rss_kib_per_listener, 0).rjust(WIDTHS[9]),
+        (row.cache or "-").rjust(WIDTHS[10]),
+        count.rjust(WIDTHS[11]),
     ]
     return "  ".join(cells) + ("  " + row.note if row.note else "")
 

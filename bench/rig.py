@@ -64,7 +64,8 @@ class Rig:
 @contextlib.asynccontextmanager
 async def running(database_url: str | None, workers: int, cores: Cores) -> AsyncIterator[Rig]:
     """Origin, a fresh migrated database, the seeded catalogue and the app
-    (`workers` processes), servers pinned to `cores.servers`."""
+    (`workers` processes, its read-through cache in the run's directory,
+    trusting the HTTPS origin's CA), servers pinned to `cores.servers`."""
     async with contextlib.AsyncExitStack() as stack:
         scratch = Path(tempfile.mkdtemp(prefix="soundverse-bench-"))
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
@@ -76,9 +77,19 @@ async def running(database_url: str | None, workers: int, cores: Cores) -> Async
             database.fresh(database_url, scratch / "pg", cores.servers)
         )
         media_dir = scratch / "media"
-        the_catalogue = await catalogue.seed(url, audio, media_dir, the_origin.url)
+        the_catalogue = await catalogue.seed(
+            url, audio, media_dir, the_origin.url, the_origin.https_url
+        )
         app = await stack.enter_async_context(
-            service.running(url, media_dir, scratch, workers, cores.servers)
+            service.running(
+                url,
+                media_dir,
+                scratch,
+                workers,
+                cores.servers,
+                cache_dir=scratch / "cache",
+                ca_bundle=the_origin.ca_bundle,
+            )
         )
         session = await stack.enter_async_context(aiohttp.ClientSession())
         yield Rig(

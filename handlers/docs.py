@@ -115,7 +115,7 @@ PROBLEMS = {
     400: "A parameter, header or body field is wrong; `errors` names each field",
     401: "API keys are set and the request has none, or an unknown one",
     403: "The key may not do this (a read key asked to write)",
-    404: "No clip has that id",
+    404: "No clip has that id (or a stored clip's audio file is missing)",
     408: "The body arrived too slowly (UPLOAD_IDLE_SECONDS, UPLOAD_MAX_SECONDS)",
     412: "If-Match does not match the clip's current ETag",
     413: "The body is larger than MAX_UPLOAD_BYTES (or 64 KiB of JSON)",
@@ -124,7 +124,10 @@ PROBLEMS = {
     422: "The audio's duration or bitrate cannot be read from its bytes",
     500: "The server failed; the request_id ties it to a log line",
     502: "The origin of a remote clip failed or refused",
-    503: "PostgreSQL is unreachable or a limit is reached; Retry-After says when to retry",
+    503: (
+        "PostgreSQL or the media bucket is unreachable, or a limit is reached;"
+        " Retry-After says when to retry"
+    ),
     504: "The origin of a remote clip did not answer in time",
     507: "The media store is full",
 }

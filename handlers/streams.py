@@ -1,7 +1,8 @@
 """GET/HEAD /clips/{id}/stream: the clip's audio, seekable, counted once per play.
 
 The route only finds the clip and picks the sender: stored clips go out
-from the media store with sendfile (streaming/stored.py), remote clips are
+from the media store with sendfile (streaming/stored.py) or, with
+MEDIA_STORE=s3, from the bucket (streaming/bucket.py), remote clips are
 piped from their origin or redirected to it (streaming/proxy.py). A stored
 clip plays its preview once ready, its original with `?variant=original`
 (streaming/stored.py stored_variant). What the
@@ -14,6 +15,7 @@ from aiohttp import web
 from db.clip_cache import CLIP_CACHE
 from settings import SETTINGS
 from storage import MEDIA_STORE
+from streaming.bucket import BUCKET, send_bucket
 from streaming.plays import STREAM_CLIP, STREAM_RANGE
 from streaming.proxy import redirect_remote, send_remote
 from streaming.ranges import requested_range
@@ -44,6 +46,8 @@ async def stream_clip(request: web.Request) -> web.StreamResponse:
             f"variant must be one of {', '.join(VARIANTS)}, not {variant[:40]!r}",
             errors=[{"field": "variant", "reason": f"one of {', '.join(VARIANTS)}"}],
         )
+    if clip["media_path"] is not None and BUCKET in request.app:
+        return await send_bucket(request, request.app[BUCKET], clip, variant)
     if clip["media_path"] is not None:
         return await send_stored(request, request.app[MEDIA_STORE], clip, variant)
     if request.app[SETTINGS].stream_mode == "redirect":

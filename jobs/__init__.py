@@ -48,13 +48,16 @@ from jobs.media import (
     StoreConfig,
     Unreadable,
     make_preview,
+    make_preview_of,
     make_stored_peaks,
     measure_peaks,
 )
 from jobs.pool import JobCrashed, JobProcess, JobTimeout
 from metrics.registry import METRICS, Metrics
 from settings import SETTINGS, Settings
-from storage import MEDIA_STORE, MediaStore
+from storage import MEDIA_STORE, MediaStore, StorageError
+from storage.s3 import Bucket, copy_file
+from streaming.bucket import BUCKET
 from streaming.upstream import UPSTREAM, Upstream, UpstreamBusy, UpstreamRefused
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,11 @@ FETCH_CHUNK_BYTES = 64 * 1024
 # What a failed attempt may be, besides the file's own fault (Unreadable):
 # retried until JOB_MAX_ATTEMPTS. Anything else is a fault of ours, logged
 # with its traceback, and retried alike (the runner itself carries on).
-RETRYABLE = (Retryable, JobTimeout, JobCrashed, DatabaseError, OSError, aiohttp.ClientError)
+RETRYABLE = (
+    Retryable, JobTimeout, JobCrashed, DatabaseError, StorageError, OSError, aiohttp.ClientError,
+)  # fmt: skip
+# Seconds a presigned URL for fetching an original from the bucket holds.
+FETCH_URL_SECONDS = 3600
 
 
 class Runner:
@@ -78,8 +85,12 @@ class Runner:
         upstream: Upstream,
         metrics: Metrics,
         on_done: Callable[[int], None] = lambda clip_id: None,
+        bucket: Bucket | None = None,
     ):
         self.settings = settings
+        # MEDIA_STORE=s3: originals are fetched from the bucket, previews
+        # made in MEDIA_DIR and copied there.
+        self.bucket = bucket
         self.pool = pool
         self.store = store
         self.store_config = StoreConfig(store.directory, store.min_free_bytes)
@@ -182,14 +193,22 @@ class Runner:
         if job["kind"] == "preview":
             if job["media_path"] is None:
                 raise Unreadable("the clip has no stored audio to make a preview of")
-            preview = await process.run(
-                seconds,
-                make_preview,
-                self.store_config,
-                job["media_path"],
-                job["duration_seconds"],
-                settings.preview_bitrate,
-            )
+            if self.bucket is None:
+                preview = await process.run(
+                    seconds,
+                    make_preview,
+                    self.store_config,
+                    job["media_path"],
+                    job["duration_seconds"],
+                    settings.preview_bitrate,
+                )
+            else:
+                async with self._from_bucket(job["media_path"]) as path:
+                    preview = await process.run(
+                        seconds, make_preview_of, self.store_config, path,
+                        job["duration_seconds"], settings.preview_bitrate,
+                    )  # fmt: skip
+                await self._to_bucket(preview.name)
             finished = queue.finish_preview(
                 self.pool,
                 job["id"],
@@ -208,10 +227,16 @@ class Runner:
                 log.warning("jobs: cannot record job %d as done: %s", job["id"], error)
                 return "lost"
             if not recorded:  # taken over, or the clip deleted: nobody points at it
-                await asyncio.to_thread(self.store.delete, preview.name)
+                if self.bucket is not None:
+                    await self.bucket.delete(preview.name)
+                else:
+                    await asyncio.to_thread(self.store.delete, preview.name)
                 return "lost"
             return "done"
-        if job["media_path"] is not None:
+        if job["media_path"] is not None and self.bucket is not None:
+            async with self._from_bucket(job["media_path"]) as path:
+                peaks = await process.run(seconds, measure_peaks, path, job["duration_seconds"])
+        elif job["media_path"] is not None:
             peaks = await process.run(
                 seconds, make_stored_peaks, self.store_config, job["media_path"],
                 job["duration_seconds"],
@@ -226,6 +251,32 @@ class Runner:
             peaks.data,
         )  # fmt: skip
         return await self._settle(job, "done", finished)
+
+    @contextlib.asynccontextmanager
+    async def _from_bucket(self, name: str) -> AsyncIterator[str]:
+        """The stored object `name`, fetched from the bucket (MEDIA_STORE=s3)
+        into a temporary file; a StorageError or a timeout is retried."""
+        url = self.bucket.presign(name, FETCH_URL_SECONDS)
+        with tempfile.NamedTemporaryFile(prefix="clips-job-") as copy:
+            async with (
+                asyncio.timeout(self.settings.job_timeout_seconds),
+                self.bucket.session.get(yarl.URL(url, encoded=True)) as response,
+            ):
+                if response.status == 404:
+                    raise Unreadable("the stored audio object is missing")
+                if response.status != 200:
+                    raise Retryable(f"the bucket answered {response.status}")
+                async for chunk in response.content.iter_chunked(FETCH_CHUNK_BYTES):
+                    copy.write(chunk)
+            copy.flush()
+            yield copy.name
+
+    async def _to_bucket(self, name: str) -> None:
+        """Move the preview `name` made in MEDIA_DIR into the bucket."""
+        try:
+            await copy_file(self.bucket, self.store.path(name), PREVIEW_TYPE)
+        finally:
+            await asyncio.to_thread(self.store.delete, name)
 
     @contextlib.asynccontextmanager
     async def _fetched(self, url: str) -> AsyncIterator[str]:
@@ -275,8 +326,9 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     cache = app[CLIP_CACHE]
     runner = app[JOBS] = Runner(
-        settings, app[POOL], app[MEDIA_STORE], app[UPSTREAM], app[METRICS], cache.forget
-    )
+        settings, app[POOL], app[MEDIA_STORE], app[UPSTREAM], app[METRICS], cache.forget,
+        app.get(BUCKET),
+    )  # fmt: skip
     processes = [JobProcess() for _ in range(settings.job_workers)]
     tasks = [
         asyncio.create_task(runner.run_forever(process), name=f"job runner {n}")

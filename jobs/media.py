@@ -259,3 +259,9 @@ def zoom(data: bytes, multiple: int) -> list[int]:
         zoomed.append(min(lows[start : start + multiple]))
         zoomed.append(max(highs[start : start + multiple]))
     return zoomed
+
+
+def make_preview_of(config: StoreConfig, path: str, expected_seconds: float, kbps: int) -> Preview:
+    """The job "preview" of audio already copied to `path` (from a bucket):
+    the preview is made in the local store, and the runner moves it on."""
+    return encode_preview(config.open_store(), path, expected_seconds, kbps)

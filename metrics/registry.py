@@ -49,9 +49,28 @@ JOB_KINDS = ("preview", "peaks")
 # lost (its claim was taken over, or the outcome could not be written).
 JOB_OUTCOMES = ("done", "retried", "failed", "released", "lost")
 JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+CACHE_RESULTS = ("hit", "miss", "coalesced", "revalidated", "stale", "bypass")
 # How often a worker writes its sampled gauges (tasks, pool) in multiprocess
 # mode: well under any scrape interval, and a few file writes each time.
 SAMPLE_SECONDS = 1.0
+
+
+class Children:
+    """The children of one labelled series, each resolved once: `labels()`
+    checks its arguments, builds a key and takes a lock on every call
+    (about 3 µs apiece, several times per stream), a dict lookup does not.
+    Only for label values from fixed sets (the rule above), so the dict
+    stays as small as the series."""
+
+    def __init__(self, family: Counter | Gauge | Histogram) -> None:
+        self._family = family
+        self._children: dict[tuple[str, ...], Counter | Gauge | Histogram] = {}
+
+    def __call__(self, *values: str):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._family.labels(*values)
+        return child
 
 
 class Pool(Protocol):
@@ -190,8 +209,36 @@ class Metrics:
             self.job_seconds.labels(kind)
             for outcome in JOB_OUTCOMES:
                 self.jobs.labels(kind, outcome)
+        self.cache_requests = Counter(
+            "clips_cache_requests_total",
+            "Remote streams by what the cache of remote clips did (CACHE_MAX_BYTES > 0)",
+            ["result"],
+            registry=registry,
+        )
+        self.cache_bytes = Gauge(
+            "clips_cache_bytes",
+            "Bytes of audio held in CACHE_DIR, as this worker counts them",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.cache_evictions = Counter(
+            "clips_cache_evictions_total",
+            "Cache entries evicted to stay within CACHE_MAX_BYTES",
+            registry=registry,
+        )
+        # The per-request series, through their resolved children.
+        self.requests_of = Children(self.requests)
+        self.request_seconds_of = Children(self.request_seconds)
+        self.in_progress_of = Children(self.in_progress)
+        self.streams_started_of = Children(self.streams_started)
+        self.streams_ended_of = Children(self.streams_ended)
+        self.stream_bytes_of = Children(self.stream_bytes)
+        self.cache_requests_of = Children(self.cache_requests)
+        self.upstream_requests_of = Children(self.upstream_requests)
         for reason in END_REASONS:
             self.streams_ended.labels(reason)
+        for result in CACHE_RESULTS:
+            self.cache_requests.labels(result)
         for outcome in UPSTREAM_OUTCOMES:
             self.upstream_requests.labels(outcome)
         for source in ("remote", "stored"):

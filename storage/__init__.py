@@ -1,4 +1,6 @@
-"""Uploaded audio at rest: files in MEDIA_DIR, a local directory.
+"""Uploaded audio at rest: files in MEDIA_DIR, a local directory, or
+(MEDIA_STORE=s3) objects in a bucket (storage/s3.py), where MEDIA_DIR holds
+only the uploads being received.
 
 No HTTP here: the byte path (streaming/uploads.py, streaming/stored.py)
 reads and writes through `MediaStore`. A failing disk (full, gone, read-only)
@@ -39,12 +41,19 @@ FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class StorageError(Exception):
-    """The store could not do `action`; `full` when the disk has no room."""
+    """The store could not do `action`, for `reason` (an OSError's, or a
+    bucket's answer in words); `full` when the disk has no room (507),
+    `unavailable` when the store cannot be reached (503)."""
 
-    def __init__(self, action: str, error: OSError):
-        super().__init__(f"cannot {action}: {error.strerror or type(error).__name__}")
+    def __init__(self, action: str, reason: OSError | str, *, unavailable: bool = False):
+        if isinstance(reason, OSError):
+            self.full = reason.errno in FULL
+            reason = reason.strerror or type(reason).__name__
+        else:
+            self.full = False
+        super().__init__(f"cannot {action}: {reason}")
         self.action = action
-        self.full = error.errno in FULL
+        self.unavailable = unavailable
 
 
 class MediaStore:

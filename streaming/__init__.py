@@ -2,6 +2,7 @@
 
 upstream  the shared client session for origins, and its SSRF guard
 proxy     remote audio piped from its origin, or redirected to it
+cache     remote audio kept on local disk, served like stored audio
 stored    stored audio sent with sendfile
 ranges    Range and conditional requests (RFC 9110)
 plays     the play rule, and every stream's accounting from start to end

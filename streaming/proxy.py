@@ -29,13 +29,28 @@ error, and the play rule (streaming/plays.py) sees the truth:
 A problem can be answered only before the first byte: after it, a failing
 origin or an endless trickle cuts the connection, which tells the listener
 the body is short.
+
+With the cache of remote clips on (CACHE_MAX_BYTES, streaming/cache.py),
+`send_cached` first decides whether the cache answers: the origin is then
+asked for the whole body once per clip, its answer judged by the same
+rules (`Part.of(..., whole=True)`), and listeners are answered from the
+cache's file like stored clips (streaming/stored.py's StoredFile), with
+the origin's validators. What the cache does not take is piped as above.
+
+A clip stored in a bucket (streaming/bucket.py) streams here too, from a
+presigned URL of its object: a trusted `Origin` (the operator's endpoint:
+no address guard), whose error answers are the media store's
+(storage.StorageError, counted in clips_storage_errors_total) and whose
+missing object is a 404, as a missing file is.
 """
 
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import aiohttp
@@ -45,6 +60,9 @@ from aiohttp import web
 from db.clips import Row
 from metrics.registry import METRICS
 from settings import SETTINGS, Settings
+from storage import StorageError
+from storage.s3 import ERROR_BODY_BYTES, error_code, explain
+from streaming.cache import CACHE, Cache, Entry, Fill, new_entry, send_entry, send_filling
 from streaming.headers import STREAM_HEADERS, audio_type
 from streaming.plays import (
     MIN_PLAY_BYTES,
@@ -108,7 +126,9 @@ def is_probe(wanted: ByteRange | None) -> bool:
     return wanted.last + 1 < MIN_PLAY_BYTES
 
 
-async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse:
+async def redirect_remote(
+    request: web.Request, clip: Row, origin: "Origin | None" = None
+) -> web.StreamResponse:
     """STREAM_MODE=redirect: the bytes never pass through here, so the play
     is judged by the request alone, then the player goes to the origin.
     A probe is answered here from the origin (a few bytes): Safari and iOS
@@ -117,31 +137,62 @@ async def redirect_remote(request: web.Request, clip: Row) -> web.StreamResponse
     away from this URL. A conditional GET is a cache revalidating a copy
     it holds, and never a play here: the app cannot see whether the origin
     answers 304 or the clip (proxy mode sees it, and counts a 200)."""
+    origin = origin or Origin(clip["audio_url"], clip["audio_url"])
     wanted = request[STREAM_RANGE]
     if request.method == "GET" and is_probe(wanted):
-        return await send_remote(request, clip)
+        return await send_remote(request, clip, origin)  # piped: the cache is for proxy mode
     if request.method == "GET" and asks_for_play(wanted) and not revalidates(request):
         record_play(request, clip["id"])
-    raise web.HTTPFound(clip["audio_url"], headers={"Cache-Control": "no-store"})
+    raise web.HTTPFound(origin.url, headers={"Cache-Control": "no-store"})
 
 
-async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
-    request[STREAM_SOURCE] = "remote"
-    headers = conditions(request)
-    if (asked := range_to_ask(request)) is not None:
-        headers["Range"] = asked.header()
-    # `bytes=-0` is unsatisfiable whatever the size, but origins differ on
-    # it: ask for the whole body and let the 416 be decided here. With
-    # If-Range the whole body is asked for too, and the condition decided
-    # here, against the validators the origin sends: origins that honour
-    # Range do not all honour If-Range (aiohttp's static files read only
-    # dates), and a range of a changed clip would be spliced into the old.
+@dataclass(frozen=True)
+class Origin:
+    """Where a remote clip's bytes come from. `url` is fetched; `identity`
+    is what the cache (streaming/cache.py) keys on besides the clip id: the
+    clip's audio_url for remote clips, "s3://bucket/key" for objects.
+    `trusted`: an endpoint the operator configured (the bucket), not a
+    URL a client chose."""
+
+    url: str
+    identity: str
+    trusted: bool = False
+
+
+MISSING = "The clip's audio file is missing"
+
+
+async def send_remote(
+    request: web.Request, clip: Row, origin: Origin | None = None
+) -> web.StreamResponse:
+    """The clip's audio from `origin` (None: its audio_url): from the cache
+    when one is on (CACHE_MAX_BYTES) and it holds or can take the clip,
+    else piped; either way the same statuses, headers and plays. Counted
+    under the caller's STREAM_SOURCE, else "remote"."""
+    origin = origin or Origin(clip["audio_url"], clip["audio_url"])
+    if STREAM_SOURCE not in request:
+        request[STREAM_SOURCE] = "remote"
     upstream = request.app[UPSTREAM]
     try:
+        cache = request.app.get(CACHE)
+        if cache is not None and request.app[SETTINGS].stream_mode == "proxy":
+            cached = await send_cached(request, clip, origin, cache)
+            if cached is not None:
+                return cached
+        headers = conditions(request)
+        if (asked := range_to_ask(request)) is not None:
+            headers["Range"] = asked.header()
+        # `bytes=-0` is unsatisfiable whatever the size, but origins differ
+        # on it: ask for the whole body and let the 416 be decided here.
+        # With If-Range the whole body is asked for too, and the condition
+        # decided here, against the validators the origin sends: origins
+        # that honour Range do not all honour If-Range (aiohttp's static
+        # files read only dates), and a range of a changed clip would be
+        # spliced into the old.
         with upstream.slot():
-            return await send_from_origin(request, clip, headers)
+            return await send_from_origin(request, clip, origin, headers)
     except UpstreamBusy as busy:
-        request.app[METRICS].upstream_requests.labels("busy").inc()
+        request.app[METRICS].upstream_requests_of("busy").inc()
         raise Problem(
             503,
             f"The server is at its limit of audio origin connections ({busy}): try again shortly",
@@ -154,7 +205,7 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
         log.warning(
             "clip %s: origin %s %s (%d)",
             clip["id"],
-            yarl.URL(clip["audio_url"]).host,
+            yarl.URL(origin.url).host,
             failed.what,
             failed.status,
         )
@@ -162,36 +213,243 @@ async def send_remote(request: web.Request, clip: Row) -> web.StreamResponse:
 
 
 async def send_from_origin(
-    request: web.Request, clip: Row, headers: dict[str, str]
+    request: web.Request, clip: Row, origin: Origin, headers: dict[str, str]
 ) -> web.StreamResponse:
     """The body of send_remote, holding one origin connection slot."""
-    origin = await open_origin(request, clip, headers)
+    answer = await open_origin(request, origin, headers)
+    async with answer:
+        return await send_answer(request, clip, answer, Part.of(request, answer, clip))
+
+
+async def send_answer(
+    request: web.Request,
+    clip: Row,
+    answer: aiohttp.ClientResponse,
+    part: "Part",
+    first: bytes | None = None,
+) -> web.StreamResponse:
+    """`part` of the origin's `answer` to the listener: its first bytes read
+    before anything is sent (unless given: read already, for a fill the
+    disk refused), then piped."""
     chunk_bytes = request.app[UPSTREAM].buffer_bytes
-    async with origin:
-        part = Part.of(request, origin, clip)
+    if first is None:
         first = b""
         if request.method == "GET" and part.status != 304:
-            first = await part.first_bytes(origin, chunk_bytes, request.app[SETTINGS])
-        response = web.StreamResponse(status=part.status, headers=part.headers)
-        if part.length is not None and part.status != 304:
-            response.content_length = part.length
-        with tracked(request) as outcome:
-            await response.prepare(request)
-            if request.method == "HEAD" or part.status == 304:
-                return response
-            life = longest_life(request.app[SETTINGS], clip)
-            await pipe(request, response, part.body(first, origin, chunk_bytes), outcome, life)
-            if outcome.reason != "complete" and request.transport is not None:
-                # Headers are gone: closing the connection is the only way
-                # left to tell the listener the body is cut short.
-                if outcome.reason == "send_timeout":
-                    # Nothing it holds would ever reach it: drop it now.
-                    log.info("clip %s: listener accepted nothing in time, dropped", clip["id"])
-                    request.transport.abort()
-                else:
-                    log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
-                    request.transport.close()
+            first = await part.first_bytes(answer, chunk_bytes, request.app[SETTINGS])
+    response = web.StreamResponse(status=part.status, headers=part.headers)
+    if part.length is not None and part.status != 304:
+        response.content_length = part.length
+    with tracked(request) as outcome:
+        await response.prepare(request)
+        if request.method == "HEAD" or part.status == 304:
+            return response
+        life = longest_life(request.app[SETTINGS], clip)
+        await pipe(request, response, part.body(first, answer, chunk_bytes), outcome, life)
+        if outcome.reason != "complete" and request.transport is not None:
+            # Headers are gone: closing the connection is the only way
+            # left to tell the listener the body is cut short.
+            if outcome.reason == "send_timeout":
+                # Nothing it holds would ever reach it: drop it now.
+                log.info("clip %s: listener accepted nothing in time, dropped", clip["id"])
+                request.transport.abort()
+            else:
+                log.warning("clip %s: upstream %s mid-body", clip["id"], outcome.reason)
+                request.transport.close()
     return response
+
+
+# What the first listener's origin request decided, for listeners of the
+# same clip who arrive while it is under way (Cache.pending).
+REVALIDATED, STALE, PASS, ABANDONED = "revalidated", "stale", "pass", "abandoned"
+
+
+async def send_cached(
+    request: web.Request, clip: Row, origin: Origin, cache: Cache
+) -> web.StreamResponse | None:
+    """The stream served through the cache, or None when the cache does not
+    take it (the caller pipes, as with the cache off):
+
+    - a fresh entry: sent like a stored clip (`hit`); HEAD is answered
+      only from a fresh entry, else by the origin's HEAD (`bypass`);
+    - a fill under way: read from its file as the bytes land
+      (`coalesced`), unless the range asked starts beyond what is written:
+      that goes to the origin (`bypass`), so a seek never waits on a fill
+      slower than the origin could answer it;
+    - the first listener's origin request under way: its verdict decides;
+    - else one origin request for the whole body (`fill_from_origin`),
+      except for a range not from byte 0 (a seek: passed to the origin,
+      which answers it at once) and for clips whose origin recently sent
+      what may not be stored (`bypass`).
+    """
+    results = request.app[METRICS].cache_requests_of
+    key = cache.key(clip["id"], origin.identity)
+    entry = cache.lookup(key)
+    if entry is not None and entry.fresh():
+        if (sent := await send_entry(request, cache, entry, clip)) is not None:
+            results("hit").inc()
+            return sent
+        entry = None
+    if request.method != "GET":
+        results("bypass").inc()
+        return None
+    if (pending := cache.pending.get(key)) is not None:
+        try:
+            verdict = await asyncio.shield(pending)
+        except Abandoned:
+            verdict = PASS
+        if verdict in (REVALIDATED, STALE):
+            return await send_kept(request, cache, cache.lookup(key), clip, verdict)
+        if isinstance(verdict, Fill):
+            return await join(request, clip, verdict)
+        results("bypass").inc()
+        return None
+    if (fill := cache.fills.get(key)) is not None:
+        return await join(request, clip, fill)
+    wanted = request[STREAM_RANGE]
+    if entry is None and ((wanted is not None and not wanted.from_start) or cache.refuses(key)):
+        results("bypass").inc()
+        return None
+    return await fill_from_origin(request, clip, origin, cache, key, entry)
+
+
+async def send_kept(
+    request: web.Request, cache: Cache, entry: Entry | None, clip: Row, result: str
+) -> web.StreamResponse | None:
+    """An entry just revalidated, or stale and served while its origin fails."""
+    sent = None if entry is None else await send_entry(request, cache, entry, clip)
+    request.app[METRICS].cache_requests_of(result if sent is not None else "bypass").inc()
+    return sent
+
+
+async def join(request: web.Request, clip: Row, fill: Fill) -> web.StreamResponse | None:
+    """A listener arriving during a fill: served from its file."""
+    results = request.app[METRICS].cache_requests_of
+    wanted = request[STREAM_RANGE]
+    if wanted is not None and not fill.done:
+        try:
+            offset = wanted.resolve(fill.entry.size)[0]
+        except Problem:
+            offset = 0  # a 416, told from the fill's size as from the origin's
+        if offset > fill.written:
+            results("bypass").inc()
+            return None
+    sent = await send_filling(request, fill, clip)
+    results("coalesced" if sent is not None else "bypass").inc()
+    return sent
+
+
+async def fill_from_origin(
+    request: web.Request, clip: Row, origin: Origin, cache: Cache, key: str, entry: Entry | None
+) -> web.StreamResponse | None:
+    """The first listener of a clip the cache lacks or holds stale: one
+    origin request for the whole body (conditional on the stale entry's
+    validators). Its errors are the listener's, as when piping; an answer
+    that may be stored becomes a fill the listener reads like any other
+    (`miss`); one that may not is piped to this listener (`bypass`); a 304
+    refreshes the entry (`revalidated`); an origin that fails leaves a stale
+    entry served (`stale`, see streaming/cache.py). Listeners arriving
+    meanwhile wait for the verdict."""
+    results = request.app[METRICS].cache_requests_of
+    verdict: asyncio.Future = asyncio.get_running_loop().create_future()
+    verdict.add_done_callback(lambda f: f.cancelled() or f.exception())
+    cache.pending[key] = verdict
+
+    def decide(value: object) -> None:
+        if not verdict.done():
+            verdict.set_result(value)
+        if cache.pending.get(key) is verdict:
+            del cache.pending[key]
+
+    answer = None
+    try:
+        with ExitStack() as held:
+            try:
+                held.enter_context(request.app[UPSTREAM].slot())
+                answer = await open_origin(request, origin, entry.conditions() if entry else {})
+                held.callback(answer.release)
+                if answer.status == 304 and entry is not None:
+                    if cache.refresh(entry, answer.headers):
+                        decide(REVALIDATED)
+                    else:
+                        cache.drop_key(key)
+                        decide(PASS)
+                elif answer.status == 206 and whole_size(answer) is None:
+                    # A part when all was asked: an origin that caps its
+                    # answers. What it sends the listener's own request
+                    # is for the pipe to judge (a part may end early).
+                    cache.refuse(key)
+                    decide(PASS)
+                else:
+                    part = Part.of(request, answer, clip, whole=True)
+                    size = whole_size(answer)
+                    new = None
+                    if size is not None and cache.room_for(size):
+                        new = new_entry(clip["id"], origin.identity, key, size, answer.headers)
+                    if new is None:
+                        cache.refuse(key)
+                        cache.drop_key(key)
+                        decide(PASS)
+                        results("bypass").inc()
+                        return await send_answer(request, clip, answer, part)
+                    settings = request.app[SETTINGS]
+                    chunk_bytes = request.app[UPSTREAM].buffer_bytes
+                    whole = Part(200, {}, length=size)
+                    first = await whole.first_bytes(answer, chunk_bytes, settings)
+                    try:
+                        fill = Fill(cache, new, first)
+                    except OSError as error:
+                        log.warning("clip %s: cache cannot fill: %s", clip["id"], error)
+                        decide(PASS)
+                        results("bypass").inc()
+                        return await send_answer(request, clip, answer, part, first)
+                    life = longest_life(settings, clip)
+                    cache.start(fill, answer, held.pop_all(), chunk_bytes, life)
+                    decide(fill)
+            except (OriginFailed, UpstreamBusy) as failed:
+                gone = answer is not None and 400 <= answer.status < 500
+                if verdict.done() or entry is None or entry.must_revalidate or gone:
+                    if gone:
+                        cache.drop_key(key)
+                    raise  # piping already, or nothing that may be served instead
+                log.warning(
+                    "clip %s: origin %s %s: serving its cached copy",
+                    clip["id"],
+                    yarl.URL(origin.url).host,
+                    getattr(failed, "what", failed),
+                )
+                decide(STALE)
+    except BaseException as error:
+        if not verdict.done():
+            verdict.set_exception(error if isinstance(error, Exception) else Abandoned())
+        raise
+    finally:
+        decide(PASS)  # a no-op once decided
+    if verdict.result() in (REVALIDATED, STALE):
+        return await send_kept(request, cache, entry, clip, verdict.result())
+    if verdict.result() == PASS:
+        results("bypass").inc()
+        return None
+    sent = await send_filling(request, verdict.result(), clip)
+    results("miss" if sent is not None else "bypass").inc()
+    return sent
+
+
+class Abandoned(Exception):
+    """The first listener left before its origin answered: others pipe."""
+
+
+def whole_size(answer: aiohttp.ClientResponse) -> int | None:
+    """The body's size when the answer is all of it (a 200 with a length,
+    or a 206 Part.of found to cover all of it); else None."""
+    if answer.status == 200:
+        return answer.content_length
+    if answer.status == 206:
+        sent = content_range(answer.headers.get("Content-Range"))
+        if sent is None or sent[0] != 0 or sent[2] is None or sent[1] != sent[2] - 1:
+            return None
+        length = answer.content_length
+        return sent[2] if length in (None, sent[2]) else None
+    return None
 
 
 class OriginFailed(Problem):
@@ -235,28 +493,64 @@ def failure(error: BaseException) -> str:
 
 
 async def open_origin(
-    request: web.Request, clip: Row, headers: dict[str, str]
+    request: web.Request, origin: Origin, headers: dict[str, str]
 ) -> aiohttp.ClientResponse:
-    """The origin's response, headers in, or a problem naming what failed."""
+    """The origin's response, headers in, or a problem naming what failed.
+    A trusted origin's failures are the media store's (`store_failed`):
+    unreachable, a 503 StorageError; an error answer, see there."""
     upstream = request.app[UPSTREAM]
     metrics = request.app[METRICS]
     started = time.perf_counter()
     try:
-        origin = await upstream.open(request.method, clip["audio_url"], headers)
+        answer = await upstream.open(request.method, origin.url, headers, trusted=origin.trusted)
     except UpstreamRefused as refused:
-        metrics.upstream_requests.labels("refused").inc()
+        metrics.upstream_requests_of("refused").inc()
         raise OriginFailed(502, f"is refused: {refused}") from None
-    except TimeoutError as error:
-        metrics.upstream_requests.labels("timeout").inc()
-        raise OriginFailed(504, failure(error)) from None
-    except aiohttp.ClientError as error:
-        metrics.upstream_requests.labels("connect_error").inc()
-        raise OriginFailed(502, failure(error)) from None
+    except (TimeoutError, aiohttp.ClientError) as error:
+        timeout = isinstance(error, TimeoutError)
+        metrics.upstream_requests_of("timeout" if timeout else "connect_error").inc()
+        if origin.trusted:
+            metrics.storage_errors.labels("read").inc()
+            raise StorageError(
+                "read the clip from the bucket", f"the endpoint {failure(error)}", unavailable=True
+            ) from None
+        raise OriginFailed(504 if timeout else 502, failure(error)) from None
     metrics.upstream_ttfb.observe(time.perf_counter() - started)
-    metrics.upstream_requests.labels(
-        f"{origin.status // 100}xx" if origin.status >= 400 else "ok"
+    metrics.upstream_requests_of(
+        f"{answer.status // 100}xx" if answer.status >= 400 else "ok"
     ).inc()
-    return origin
+    if origin.trusted and answer.status >= 400:
+        async with answer:
+            await store_failed(request, answer)
+    return answer
+
+
+async def store_failed(request: web.Request, answer: aiohttp.ClientResponse) -> None:
+    """A bucket's error answer: a missing object is a 404 (as a missing
+    file is); an unsatisfiable range a 416 with the size S3 names in its
+    body; anything else (no such bucket, access denied, ...) the media
+    store's failure, counted as a "read" storage error."""
+    try:
+        body = await answer.content.read(ERROR_BODY_BYTES) if request.method != "HEAD" else b""
+    except aiohttp.ClientError:
+        body = b""
+    code = error_code(body)
+    if code == "NoSuchKey" or (answer.status == 404 and code is None):
+        raise Problem(404, MISSING)
+    if answer.status == 416:
+        found = re.search(rb"<ActualObjectSize>(\d+)</ActualObjectSize>", body)
+        size = found.group(1).decode() if found else "*"
+        raise Problem(
+            416,
+            f"Range {request.headers.get('Range', '')[:100]!r} is outside the audio",
+            headers={"Content-Range": answer.headers.get("Content-Range", f"bytes */{size}")},
+        )
+    request.app[METRICS].storage_errors.labels("read").inc()
+    raise StorageError(
+        "read the clip's audio from the bucket",
+        explain(answer.status, body),
+        unavailable=answer.status == 503,
+    )
 
 
 @dataclass
@@ -271,9 +565,13 @@ class Part:
     limit: int | None = None
 
     @classmethod
-    def of(cls, request: web.Request, origin: aiohttp.ClientResponse, clip: Row) -> "Part":
-        """Raises a problem for an answer that cannot be passed on."""
-        asked = range_to_ask(request)
+    def of(
+        cls, request: web.Request, origin: aiohttp.ClientResponse, clip: Row, whole: bool = False
+    ) -> "Part":
+        """Raises a problem for an answer that cannot be passed on. `whole`:
+        the origin was asked for the whole body, without conditions (a
+        cache fill), whatever the listener asked."""
+        asked = None if whole else range_to_ask(request)
         if origin.status == 416 and asked is not None:
             raise Problem(
                 416,

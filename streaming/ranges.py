@@ -118,14 +118,20 @@ def http_date(value: str | None) -> datetime | None:
         return None
 
 
-def not_modified(request: web.Request, etag: str, last_modified: str | None) -> bool:
+def not_modified(request: web.Request, etag: str | None, last_modified: str | None) -> bool:
     """If-None-Match (weak comparison; an empty or malformed list matches
-    nothing), else If-Modified-Since (§13.1.2-3)."""
+    nothing, and without an `etag` only `*` matches), else
+    If-Modified-Since (§13.1.2-3)."""
     if (tags := entity_tags(request, "If-None-Match")) is not None:
+        if etag is None:
+            return any(tag.any for tag in tags)
         current = etag.removeprefix("W/").strip('"')
         return any(tag.any or tag.value == current for tag in tags)
-    since, modified = modified_since(request), http_date(last_modified)
-    return since is not None and modified is not None and modified <= since
+    since = modified_since(request)
+    if since is None:  # the usual case: no date to parse ours against
+        return False
+    modified = http_date(last_modified)
+    return modified is not None and modified <= since
 
 
 def modified_since(request: web.Request) -> datetime | None:

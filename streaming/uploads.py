@@ -20,6 +20,14 @@ trickles, and the whole body within UPLOAD_MAX_SECONDS (408), so one paced
 just fast enough cannot hold its place for hours; the disk keeps
 MEDIA_MIN_FREE_BYTES (507). Partial files of uploads that died with their
 process are swept (`uploads_ctx`).
+
+With MEDIA_STORE=s3 each chunk also goes to the bucket as it arrives
+(storage/s3.py: a multipart upload past 5 MiB, one PUT below), named once
+its first bytes tell its format; the file in MEDIA_DIR is then only the
+copy mutagen reads the duration from, removed when the request ends. An
+upload that fails or is abandoned, before or after its object is complete
+(too large, not audio, the client gone, the database down), aborts the
+multipart upload or deletes the object, as the local file is removed.
 """
 
 import asyncio
@@ -35,7 +43,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from settings import SETTINGS, Settings
 from storage import MEDIA_STORE, MediaStore, NewFile
+from storage.s3 import Bucket, NewObject
 from streaming.audio import FORMATS, AudioReader, Busy, ReadTimeout, sniff
+from streaming.bucket import BUCKET
 from web.problems import Problem
 
 log = logging.getLogger(__name__)
@@ -100,8 +110,15 @@ class Uploads:
     above, read by its audio reader; `sweep()` removes partial files no
     upload owns."""
 
-    def __init__(self, settings: Settings, store: MediaStore, reader: AudioReader):
+    def __init__(
+        self,
+        settings: Settings,
+        store: MediaStore,
+        reader: AudioReader,
+        bucket: Bucket | None = None,
+    ):
         self.store = store
+        self.bucket = bucket
         self.reader = reader
         self.limit = settings.max_upload_bytes
         self.idle = settings.upload_idle_seconds
@@ -152,14 +169,26 @@ class Uploads:
         self.active += 1
         upload = Upload()
         files: list[NewFile] = []
+        objects: list[NewObject] = []
         try:
-            await self._receive_parts(request, upload, files)
+            await self._receive_parts(request, upload, files, objects)
             yield upload
         finally:
             self.active -= 1
             for new in files:
                 new.remove()
-            if upload.name is not None and not upload.kept:
+            # Shielded: the bucket must hear of it even when the handler is
+            # cancelled again (its client left) while this runs.
+            await asyncio.shield(self._discard(upload, objects))
+
+    async def _discard(self, upload: Upload, objects: list["NewObject"]) -> None:
+        """Remove what an upload left that is not kept."""
+        for new in objects:
+            await new.discard()
+        if upload.name is not None and not upload.kept:
+            if self.bucket is not None:
+                await self.bucket.delete(upload.name)
+            else:
                 self.store.delete(upload.name)
 
     async def _within_idle(self, read: Awaitable[T]) -> T:
@@ -174,8 +203,11 @@ class Uploads:
                 f" UPLOAD_IDLE_SECONDS ({self.idle:g} s)",
             ) from None
 
-    async def _write_file(self, part: BodyPartReader, out: NewFile, upload: Upload) -> bytes:
-        """Stream the part into `out`; returns its first bytes for sniffing."""
+    async def _write_file(
+        self, part: BodyPartReader, out: NewFile, upload: Upload, sent: NewObject | None
+    ) -> bytes:
+        """Stream the part into `out` (and `sent`, the bucket's object);
+        returns its first bytes for sniffing."""
         digest = hashlib.sha256()
         head = b""
         while chunk := await self._within_idle(_read_chunk(part)):
@@ -186,12 +218,23 @@ class Uploads:
                 head += chunk[: 64 - len(head)]
             digest.update(chunk)
             out.write(chunk)
+            if sent is not None:
+                if upload.size_bytes == len(chunk):
+                    # The first chunk holds the whole head (_read_chunk):
+                    # the object's name and type, before its first part.
+                    content_type, extension, _ = FORMATS.get(sniff(head) or "", ("", "", ()))
+                    sent.name_as(extension, content_type or "application/octet-stream")
+                await sent.write(chunk)
         out.close()
         upload.sha256 = digest.hexdigest()
         return head
 
     async def _receive_form(
-        self, request: web.Request, upload: Upload, files: list[NewFile]
+        self,
+        request: web.Request,
+        upload: Upload,
+        files: list[NewFile],
+        objects: list[NewObject],
     ) -> bytes | None:
         """Read the form: its fields into `upload`, its file into a new file
         in `files`; returns the file's first bytes (None: no file)."""
@@ -209,7 +252,10 @@ class Uploads:
                     if head is not None:
                         raise Problem(400, "Send one audio file per clip")
                     files.append(self.store.create())
-                    head = await self._write_file(part, files[0], upload)
+                    if self.bucket is not None:
+                        objects.append(self.bucket.create())
+                    sent = objects[0] if objects else None
+                    head = await self._write_file(part, files[0], upload, sent)
                 elif part.name in TEXT_FIELDS:
                     upload.fields[part.name] = await self._within_idle(_read_text(part))
                     if files:
@@ -223,11 +269,15 @@ class Uploads:
         return head
 
     async def _receive_parts(
-        self, request: web.Request, upload: Upload, files: list[NewFile]
+        self,
+        request: web.Request,
+        upload: Upload,
+        files: list[NewFile],
+        objects: list[NewObject],
     ) -> None:
         try:
             async with asyncio.timeout(self.max_seconds):
-                head = await self._receive_form(request, upload, files)
+                head = await self._receive_form(request, upload, files, objects)
         except TimeoutError:
             raise Problem(
                 408,
@@ -261,7 +311,10 @@ class Uploads:
             raise Problem(422, audio.refused)
         upload.duration_seconds, upload.bitrate = audio.duration_seconds, audio.bitrate
         upload.content_type, extension, _ = FORMATS[kind]
-        upload.name = await asyncio.to_thread(received.rename, extension)
+        if objects:
+            upload.name = await objects[0].commit()
+        else:
+            upload.name = await asyncio.to_thread(received.rename, extension)
 
 
 UPLOADS = web.AppKey("UPLOADS", Uploads)
@@ -273,7 +326,7 @@ async def uploads_ctx(app: web.Application) -> AsyncIterator[None]:
     `stale_after` seconds (a replica or worker may die at any time)."""
     settings = app[SETTINGS]
     reader = AudioReader(settings.upload_parse_workers, settings.upload_parse_seconds)
-    uploads = app[UPLOADS] = Uploads(settings, app[MEDIA_STORE], reader)
+    uploads = app[UPLOADS] = Uploads(settings, app[MEDIA_STORE], reader, app.get(BUCKET))
     await asyncio.to_thread(uploads.sweep)
 
     async def sweep_forever() -> None:

@@ -8,6 +8,13 @@ answers that change between check and use are both refused. IP literals,
 which aiohttp connects to without resolving, are checked by `open_upstream`
 on every redirect hop, including the legacy decimal, octal and hex IPv4
 forms.
+
+Trusted origins (`open(..., trusted=True)`: the media bucket, whose
+endpoint the operator configured and which may well be on a private
+network) bypass the guard, through a session of their own: connections are
+pooled by host and port and the guard checks addresses only when it
+connects, so a connection opened to a private endpoint for a trusted request
+must never be reused by a clip's URL naming the same host.
 """
 
 import asyncio
@@ -22,7 +29,7 @@ import yarl
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from settings import SETTINGS, Settings
+from settings import SETTINGS, Settings, upstream_ssl_context
 from streaming.addresses import is_public
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -171,23 +178,9 @@ class Upstream:
         self.max_redirects = settings.upstream_max_redirects
         self.max_connections = settings.upstream_max_connections
         self.in_use = 0
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                resolver=self.resolver,
-                limit=settings.upstream_max_connections,
-                ttl_dns_cache=10,
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.upstream_connect_timeout,
-                sock_read=settings.upstream_read_timeout,
-            ),
-            # Bytes pass through untouched: Content-Length and Range offsets
-            # refer to what the origin sent.
-            auto_decompress=False,
-            read_bufsize=settings.stream_buffer_bytes,
-            raise_for_status=False,
-        )
+        self.session = client_session(settings, self.resolver)
+        # The same client for trusted origins, unguarded (see above).
+        self.trusted_session = client_session(settings, aiohttp.ThreadedResolver())
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -204,20 +197,27 @@ class Upstream:
         finally:
             self.in_use -= 1
 
-    async def open(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def open(
+        self, method: str, url: str, headers: dict[str, str], *, trusted: bool = False
+    ) -> aiohttp.ClientResponse:
         """Send the request and return the response once its headers are in,
-        following a bounded number of redirects, each hop checked.
+        following a bounded number of redirects, each hop checked (none for
+        a `trusted` origin, which answers itself: its redirects are not
+        followed).
 
         Raises UpstreamRefused, TimeoutError (no headers in time) or
         aiohttp.ClientError. The caller releases the response.
         """
-        target = yarl.URL(url)
+        # A presigned URL is sent as signed: re-encoding it breaks the signature.
+        target = yarl.URL(url, encoded=trusted)
         headers = {**headers, "Accept-Encoding": "identity"}
+        session = self.trusted_session if trusted else self.session
         for _ in range(self.max_redirects + 1):
-            self.guard.check_url(target)
+            if not trusted:
+                self.guard.check_url(target)
             try:
                 async with asyncio.timeout(self.headers_timeout):
-                    response = await self.session.request(
+                    response = await session.request(
                         method, target, headers=headers, allow_redirects=False
                     )
             except aiohttp.ClientConnectorError as error:
@@ -225,7 +225,7 @@ class Upstream:
                     raise error.os_error from None  # the resolver refused it
                 raise
             location = response.headers.get("Location")
-            if response.status not in REDIRECTS or location is None:
+            if trusted or response.status not in REDIRECTS or location is None:
                 return response
             response.release()
             try:
@@ -239,6 +239,31 @@ class Upstream:
 
     async def close(self) -> None:
         await self.session.close()
+        await self.trusted_session.close()
+
+
+def client_session(settings: Settings, resolver: AbstractResolver) -> aiohttp.ClientSession:
+    """An origin client: UPSTREAM_* timeouts and limits, bytes untouched."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            resolver=resolver,
+            limit=settings.upstream_max_connections,
+            ttl_dns_cache=10,
+            # Certificates are always verified: UPSTREAM_CA_BUNDLE adds
+            # trusted CAs (a private store's too), it never turns verification off.
+            ssl=upstream_ssl_context(settings.upstream_ca_bundle),
+        ),
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream_connect_timeout,
+            sock_read=settings.upstream_read_timeout,
+        ),
+        # Bytes pass through untouched: Content-Length and Range offsets
+        # refer to what the origin sent.
+        auto_decompress=False,
+        read_bufsize=settings.stream_buffer_bytes,
+        raise_for_status=False,
+    )
 
 
 UPSTREAM = web.AppKey("UPSTREAM", Upstream)

@@ -3,6 +3,12 @@
 PostgreSQL is the embedded server in a temporary directory, or the one
 TEST_DATABASE_URL names. Migrations run once into a template database; each
 test gets a fresh copy of it (CREATE DATABASE ... TEMPLATE, ~50 ms).
+
+The media store is MEDIA_DIR unless a test asks for `media_store` "s3"
+(`pytest.mark.parametrize("media_store", [...], indirect=True)`): then the
+app keeps uploads in a fresh bucket of a local S3-compatible server (moto's
+server mode, started once per session on loopback), seeded with the same
+audio files MEDIA_DIR holds.
 """
 
 import html
@@ -26,6 +32,8 @@ from db.seed import synthesise, write_wav
 from server import SERVER_OPTIONS, create_app
 from settings import Settings
 from tests.browser import Chromium
+from tests.buckets import TestBucket, start_s3_server
+from tests.support import media_files
 
 TEMPLATE = "clips_test_template"
 
@@ -120,11 +128,48 @@ async def origin(aiohttp_server, audio_dir):
     return await aiohttp_server(app)
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> str:
+    """A local S3-compatible endpoint (moto_server) on loopback, for the
+    session: its URL."""
+    with start_s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
+
+
 @pytest.fixture
-def settings(database_url, media_dir) -> Settings:
+def media_store(request) -> str:
+    """ "local" (MEDIA_DIR), or "s3" when a test parametrizes it so."""
+    return getattr(request, "param", "local")
+
+
+@pytest.fixture
+def bucket(media_store, request, audio_dir) -> TestBucket | None:
+    """With media_store "s3": a fresh bucket holding audio_dir's files (as
+    media_dir does), removed with what it holds after the test."""
+    if media_store != "s3":
+        yield None
+        return
+    made = TestBucket(request.getfixturevalue("s3_server"), f"t-{uuid.uuid4().hex[:12]}")
+    for path in audio_dir.iterdir():
+        made.put(path.name, path.read_bytes())
+    yield made
+    made.remove()
+
+
+@pytest.fixture
+def cache_max_bytes() -> int:
+    """CACHE_MAX_BYTES of the app under test: off, unless a module runs its
+    tests with the cache on and off (tests/support.py, cache_on_and_off)."""
+    return 0
+
+
+@pytest.fixture
+def settings(database_url, media_dir, tmp_path, cache_max_bytes, bucket) -> Settings:
     return Settings(
         DATABASE_URL=database_url,
         MEDIA_DIR=media_dir,
+        CACHE_DIR=tmp_path / "cache",
+        CACHE_MAX_BYTES=cache_max_bytes,
         MIGRATE_ON_START=False,
         UPSTREAM_ALLOW="127.0.0.1/32",
         UPSTREAM_HEADERS_TIMEOUT=1.0,
@@ -133,7 +178,25 @@ def settings(database_url, media_dir) -> Settings:
         # Jobs run only where a test asks for them (tests/test_previews.py):
         # elsewhere an upload's preview would replace the original it streams.
         JOB_WORKERS=0,
+        # Many tests change the catalogue behind the app's back (seeds, SQL,
+        # a dropped database) and read it at once; tests/test_pages.py
+        # turns the kept pages on.
+        LIST_CACHE_SECONDS=0,
+        **(bucket.settings() if bucket is not None else {}),
     )
+
+
+@pytest.fixture
+def stored(media_dir, bucket):
+    """What the media store holds, as names: MEDIA_DIR's files (stored
+    clips and uploads being received), and with a bucket its objects and
+    the multipart uploads in progress too."""
+
+    def names() -> set[str]:
+        local = media_files(media_dir)
+        return local if bucket is None else local | bucket.names() | bucket.uploads()
+
+    return names
 
 
 @pytest.fixture

@@ -31,6 +31,19 @@ MP3_SECONDS = 3.0
 MP3_BITRATE = 96_000
 
 
+# What a module runs its stream tests with: the read-through cache of remote
+# clips off (the pipe) and on (streaming/cache.py), room for every fixture.
+CACHE_MODES = {"cache-off": 0, "cache-on": 64 * 1024 * 1024}
+
+
+@pytest.fixture(name="cache_max_bytes", params=CACHE_MODES.values(), ids=CACHE_MODES.keys())
+def cache_on_and_off(request) -> int:
+    """Overrides conftest's cache_max_bytes where a module imports it: every
+    test of that module runs with the cache off and on. Where an answer
+    legitimately differs with the cache on, the test says so."""
+    return request.param
+
+
 async def read_problem(response: aiohttp.ClientResponse, status: int) -> dict:
     """The RFC 9457 body of an error answer, checked as a client reads it."""
     assert response.status == status, await response.text()

@@ -10,7 +10,12 @@ from aiohttp import web
 
 from settings import SETTINGS
 from tests.scrape import metric, scrape, settled
-from tests.support import open_fds, read_problem, wait_until
+from tests.support import (
+    cache_on_and_off,  # noqa: F401 (runs every test cache off and on)
+    open_fds,
+    read_problem,
+    wait_until,
+)
 
 MIB = 1024 * 1024
 
@@ -45,7 +50,7 @@ async def endless(aiohttp_server):
 
 
 async def test_1000_listeners_leaving_mid_stream_leave_nothing_behind(
-    settings, make_client, make_clip, origin
+    settings, make_client, make_clip, origin, cache_max_bytes
 ):
     # App, origin and the 1,000 listeners share this one event loop (and the
     # origin's accept backlog): give the origin time to answer them all.
@@ -76,7 +81,13 @@ async def test_1000_listeners_leaving_mid_stream_leave_nothing_behind(
     }
     assert sum(ended.values()) == 1000, ended
     assert ended["upstream_error"] == ended["timeout"] == 0, ended  # leaving is not a fault
-    assert ended["client_gone"] > 900, ended
+    if cache_max_bytes:
+        # The clip is hot after the first fill: its 3 MiB go out by one
+        # sendfile as fast as the kernel takes them, so a listener may have
+        # had all of it before it closed. Every stream still ends.
+        assert ended["client_gone"] > 0, ended
+    else:
+        assert ended["client_gone"] > 900, ended
     assert len(asyncio.all_tasks()) <= tasks + 2  # the scrape's own connection
     assert open_fds() <= fds + 5  # no upstream or client socket left open
 
@@ -201,13 +212,24 @@ async def test_listeners_who_never_read_are_dropped_and_free_their_origin_connec
 
 
 async def test_with_every_origin_connection_taken_a_stream_is_503_at_once(
-    settings, make_client, make_clip, origin, audio_dir, stalled
+    settings, make_client, make_clip, origin, audio_dir, stalled, cache_max_bytes
 ):
     client = await make_client(never_reading(settings, stream_send_timeout=30.0))
     clip_id = await make_clip(audio_url=str(origin.make_url("/audio/big.mp3")))
     path = f"/clips/{clip_id}/stream"
     listeners = [await stalled(client, path) for _ in range(2)]
     await settled(client, "clips_streams_in_flight", 2)
+    if cache_max_bytes:
+        # Legitimately different: the stalled listeners read the cache's
+        # file, and its one fill gave its origin connection back when the
+        # clip was whole. A third listener plays from the cache.
+        response = await client.get(path)
+        assert response.status == 200
+        assert await response.read() == (audio_dir / "big.mp3").read_bytes()
+        text = await scrape(client)
+        assert metric(text, "clips_upstream_requests_total", outcome="busy") == 0
+        assert metric(text, "clips_upstream_requests_total", outcome="ok") == 1
+        return
 
     started = time.monotonic()
     response = await client.get(path)

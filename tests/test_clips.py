@@ -12,7 +12,6 @@ from tests.support import (
     MP3,
     clip_count,
     error_fields,
-    media_files,
     read_problem,
     upload_form,
 )
@@ -521,9 +520,10 @@ async def test_patch_and_delete_unknown_clips_are_404(client):
     await read_problem(await client.delete("/clips/999999"), 404)
 
 
-async def test_delete_removes_the_row_and_the_stored_file(client, pool, media_dir):
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
+async def test_delete_removes_the_row_and_the_stored_file(client, pool, stored):
     created = await (await client.post("/clips", data=upload_form(MP3))).json()
-    stored = media_files(media_dir)
+    before = stored()
     stale = await client.delete(f"/clips/{created['id']}", headers={"If-Match": '"1-0.0"'})
     await read_problem(stale, 412)
     assert await clip_count(pool) == 1  # a stale delete deletes nothing
@@ -531,5 +531,5 @@ async def test_delete_removes_the_row_and_the_stored_file(client, pool, media_di
     assert response.status == 204
     assert (await client.get(f"/clips/{created['id']}")).status == 404
     assert (await client.get(f"/clips/{created['id']}/stream")).status == 404
-    assert len(stored - media_files(media_dir)) == 1
+    assert len(before - stored()) == 1
     assert await clip_count(pool) == 0

@@ -344,6 +344,7 @@ async def test_entrypoint_migrates_serves_and_drains_on_sigterm(
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "MEDIA_DIR": str(tmp_path / "media"),
+        "CACHE_DIR": str(tmp_path / "cache"),
         "SHUTDOWN_GRACE": str(SHUTDOWN_GRACE),
         "UPSTREAM_ALLOW": "127.0.0.1/32",
     }

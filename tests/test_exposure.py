@@ -217,6 +217,7 @@ async def test_a_malformed_request_is_one_info_line_not_an_error(database_url, t
         "MIGRATE_ON_START": "false",
         "PORT": str(port),
         "MEDIA_DIR": str(tmp_path),
+        "CACHE_DIR": str(tmp_path / "cache"),
     }
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(

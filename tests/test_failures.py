@@ -4,6 +4,12 @@ Real failures: a MEDIA_DIR replaced by a plain file, a MEDIA_DIR on a full
 filesystem (a 256 KiB tmpfs), a stored file that cannot be removed. Each is
 answered as a storage problem (or, for a delete, logged and counted), the
 database stays untouched and unblamed, and /readyz stays 200.
+
+These run on MEDIA_DIR only: they break a local filesystem, which a bucket
+does not have (with MEDIA_STORE=s3, MEDIA_DIR holds only the upload's copy
+read for its duration, and these failures of it are answered the same way).
+A bucket's own failures (missing, unreachable, refusing the credentials)
+are test_bucket.py's.
 """
 
 import asyncio

@@ -328,6 +328,7 @@ async def test_the_server_logs_the_issues_request_as_records_with_no_secret(
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "MEDIA_DIR": str(tmp_path),
+        "CACHE_DIR": str(tmp_path / "cache"),
         "LOG_FORMAT": log_format,
         "LOG_LEVEL": "DEBUG",
         "API_KEYS": f"read:{READ_KEY}",

@@ -27,6 +27,7 @@ def server_env(database_url: str, port: int, media_dir: Path, **extra: str) -> d
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "MEDIA_DIR": str(media_dir),
+        "CACHE_DIR": str(media_dir / "cache"),
         "SHUTDOWN_GRACE": "2",
         **extra,
     }

@@ -12,7 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from tests.support import free_port, read_problem
+from tests.support import (
+    cache_on_and_off,  # noqa: F401 (runs every test cache off and on)
+    free_port,
+    read_problem,
+)
 
 
 async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -91,7 +91,8 @@ def check_audiowaveform(peaks: dict, seconds: float) -> None:
     assert peaks["length"] == math.ceil(frames / peaks["samples_per_pixel"])
 
 
-async def test_an_uploaded_wav_plays_as_a_light_preview(client, wav, plays):
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
+async def test_an_uploaded_wav_plays_as_a_light_preview(client, wav, plays, stored, media_store):
     created = await upload(client, wav, "take.wav")
     assert created["preview"] == {
         "status": "pending", "content_type": None, "size_bytes": None, "bitrate": None,
@@ -126,6 +127,12 @@ async def test_an_uploaded_wav_plays_as_a_light_preview(client, wav, plays):
 
     await plays.flush()  # two whole listens, one of each variant; the rest are not plays
     assert (await (await client.get(f"/clips/{clip['id']}")).json())["play_count"] == 2
+
+    # Deleted, the clip takes its original and its preview with it (from
+    # MEDIA_DIR, or from the bucket with MEDIA_STORE=s3).
+    held = stored()
+    assert (await client.delete(f"/clips/{clip['id']}")).status == 204
+    assert len(held - stored()) == 2
 
 
 async def test_an_unknown_variant_is_a_problem(client, make_clip):

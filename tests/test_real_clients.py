@@ -28,7 +28,10 @@ from db import POOL
 from db.clips import get_clip
 from db.plays import PLAYS
 from tests.browser import AUDIO_STATE
-from tests.support import read_problem
+from tests.support import (
+    cache_on_and_off,  # noqa: F401 (runs every test cache off and on)
+    read_problem,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEK = 1024 * 1024  # Chromium aligns a far seek to 32 KiB: `bytes=1048576-`

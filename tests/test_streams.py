@@ -1,7 +1,10 @@
-"""GET/HEAD /clips/{id}/stream against a real origin on loopback and MEDIA_DIR."""
+"""GET/HEAD /clips/{id}/stream against a real origin on loopback, MEDIA_DIR,
+and a bucket of the local S3 server (source "bucket": an uploaded clip with
+MEDIA_STORE=s3)."""
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter, defaultdict
 
 import aiohttp
@@ -10,14 +13,31 @@ from aiohttp import web
 
 from db.plays import PLAYS
 from tests.scrape import metric, settled
-from tests.support import open_fds, read_problem, wait_until
+from tests.support import (
+    cache_on_and_off,  # noqa: F401 (runs every test cache off and on)
+    open_fds,
+    read_problem,
+    wait_until,
+)
 
 KIB = 1024
 
 
 @pytest.fixture
+def media_store(request) -> str:
+    """The app keeps uploads in a bucket for source "bucket" (or when a
+    test says so), else in MEDIA_DIR."""
+    if hasattr(request, "param"):
+        return request.param
+    callspec = getattr(request.node, "callspec", None)
+    return "s3" if callspec is not None and callspec.params.get("source") == "bucket" else "local"
+
+
+@pytest.fixture
 def source_clip(make_clip, origin):
-    """make(source, file) -> clip id, for a remote or a stored clip of one file."""
+    """make(source, file) -> clip id, for a remote or a stored clip of one
+    file (stored in MEDIA_DIR or, for "bucket", in the bucket: both hold
+    the same files)."""
 
     async def make(source: str, name: str, content_type: str = "audio/mpeg") -> int:
         if source == "remote":
@@ -36,7 +56,7 @@ async def plays_of(client, clip_id: int) -> int:
     return (await response.json())["play_count"]
 
 
-SOURCES = ["remote", "stored"]
+SOURCES = ["remote", "stored", "bucket"]
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -50,6 +70,31 @@ async def test_body_is_byte_identical(client, source_clip, audio_dir, source, na
     assert response.headers["Content-Length"] == str(len(body))
     assert response.headers["Accept-Ranges"] == "bytes"
     assert "ETag" in response.headers and "Last-Modified" in response.headers
+
+
+async def test_a_listener_slower_than_the_socket_buffer_gets_every_byte(
+    client, source_clip, audio_dir
+):
+    # A tiny receive window: the server's first sendfile cannot hand over
+    # the whole clip, and the rest must follow from where it stopped.
+    clip_id = await source_clip("stored", "big.mp3")
+    wanted = (audio_dir / "big.mp3").read_bytes()
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (client.host, client.port))
+        request = f"GET /clips/{clip_id}/stream HTTP/1.1\r\nHost: clips\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < len(wanted):
+            piece = await loop.sock_recv(sock, 4096)
+            assert piece, "the server closed the stream early"
+            received += piece
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == wanted
+    assert await plays_of(client, clip_id) == 1
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -136,6 +181,7 @@ async def test_whole_small_file_from_zero_counts(client, source_clip, source):
     assert await plays_of(client, clip_id) == 1
 
 
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
 async def test_plays_update_stats_and_metrics(client, source_clip):
     clip_id = await source_clip("stored", "small.mp3")
     for _ in range(3):
@@ -180,6 +226,7 @@ async def test_unknown_clip_is_404(client):
     await read_problem(await client.get("/clips/999999/stream"), 404)
 
 
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
 async def test_missing_stored_file_is_404(client, make_clip):
     clip_id = await make_clip(media_path="gone.mp3")
     body = await read_problem(await client.get(f"/clips/{clip_id}/stream"), 404)

@@ -1,7 +1,10 @@
 """Uploading audio: what the bytes are decides, a refused upload leaves
 no file and no row, and no client can hold the server with one: stalled
 bodies, endless forms, files crafted to keep the parser busy or crash it,
-and too many uploads at once are all refused."""
+and too many uploads at once are all refused.
+
+Every test runs against both media stores: MEDIA_DIR, and a bucket of the
+local S3 server (`stored` lists what either holds)."""
 
 import asyncio
 import contextlib
@@ -23,7 +26,6 @@ from tests.support import (
     MP3_SECONDS,
     clip_count,
     error_fields,
-    media_files,
     raw_form,
     raw_upload_head,
     read_problem,
@@ -32,6 +34,8 @@ from tests.support import (
     upload_form,
     wait_until,
 )
+
+pytestmark = pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
 
 
 def slow_wav(chunks: int) -> bytes:
@@ -58,8 +62,8 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def test_an_mp3_upload_becomes_a_playable_clip(client, media_dir):
-    before = media_files(media_dir)
+async def test_an_mp3_upload_becomes_a_playable_clip(client, stored):
+    before = stored()
     response = await client.post("/clips", data=upload_form(MP3, description="Mine"))
     assert response.status == 201, await response.text()
     clip = await response.json()
@@ -69,8 +73,8 @@ async def test_an_mp3_upload_becomes_a_playable_clip(client, media_dir):
     assert clip["sha256"] == hashlib.sha256(MP3).hexdigest()
     assert clip["duration_seconds"] == pytest.approx(MP3_SECONDS, abs=0.1)  # read, not trusted
     assert clip["bitrate"] == MP3_BITRATE
-    (stored,) = media_files(media_dir) - before
-    assert stored.endswith(".mp3") and stored != "song.mp3"
+    (name,) = stored() - before
+    assert name.endswith(".mp3") and name != "song.mp3"
     stream = await client.get(f"/clips/{clip['id']}/stream")
     assert await stream.read() == MP3
 
@@ -112,31 +116,29 @@ async def test_a_wav_upload_is_recognised_by_its_bytes(client, audio_dir):
     ],
 )
 async def test_what_is_not_audio_is_refused_and_leaves_nothing(
-    client, pool, media_dir, payload, status
+    client, pool, stored, payload, status
 ):
-    before = media_files(media_dir), await clip_count(pool)
+    before = stored(), await clip_count(pool)
     await read_problem(await client.post("/clips", data=upload_form(payload)), status)
-    assert (media_files(media_dir), await clip_count(pool)) == before
+    assert (stored(), await clip_count(pool)) == before
 
 
-async def test_an_upload_over_the_cap_is_413(settings, make_client, media_dir):
+async def test_an_upload_over_the_cap_is_413(settings, make_client, stored):
     cap = 16 * 1024
     assert len(MP3) > cap
     client = await make_client(settings.changed({"max_upload_bytes": cap}))
-    before = media_files(media_dir)
+    before = stored()
     await read_problem(await client.post("/clips", data=upload_form(MP3)), 413)
-    assert media_files(media_dir) == before
+    assert stored() == before
     assert await clip_count(client.server.app[POOL]) == 0
 
 
-async def test_a_body_declared_past_the_cap_is_413_before_the_disk_is_asked(
-    client, media_dir, caplog
-):
+async def test_a_body_declared_past_the_cap_is_413_before_the_disk_is_asked(client, stored, caplog):
     """A Content-Length no upload may have (the cap, plus room for the
     form's other fields) is refused before a byte is read: never a 507
     "media store is full", its ERROR log and its storage error metric,
     which anyone able to write could otherwise raise at will."""
-    before = media_files(media_dir)
+    before = stored()
     reader, writer = await asyncio.open_connection(client.host, client.port)
     with caplog.at_level(logging.WARNING):
         writer.write(raw_upload_head(1_000_000_000_000) + MP3[:1000])
@@ -150,14 +152,14 @@ async def test_a_body_declared_past_the_cap_is_413_before_the_disk_is_asked(
     assert b"MAX_UPLOAD_BYTES" in rest
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert metric(await scrape(client), "clips_storage_errors_total", operation="write") == 0
-    assert media_files(media_dir) == before
+    assert stored() == before
     assert await clip_count(client.server.app[POOL]) == 0
 
 
-async def test_a_body_declared_within_the_cap_and_its_form_is_received(client, media_dir):
+async def test_a_body_declared_within_the_cap_and_its_form_is_received(client, stored):
     """The allowance covers the form around the file: an upload of exactly
     MAX_UPLOAD_BYTES with its fields is not refused for its Content-Length."""
-    before = media_files(media_dir)
+    before = stored()
     cap = client.server.app[UPLOADS].limit
     form, tail = raw_form("atcap")
     declared = len(form) + cap + len(tail)
@@ -170,22 +172,22 @@ async def test_a_body_declared_within_the_cap_and_its_form_is_received(client, m
     ).encode()
     writer.write(head + form + MP3[:1000])
     try:
-        await wait_until(lambda: media_files(media_dir) - before, "the upload being received")
+        await wait_until(lambda: stored() - before, "the upload being received")
     finally:
         writer.close()
-    await wait_until(lambda: media_files(media_dir) == before, "the aborted upload removed")
+    await wait_until(lambda: stored() == before, "the aborted upload removed")
 
 
 @pytest.mark.parametrize(
     ("fields", "wrong"),
     [({"genre": "Not A Genre"}, ["genre"]), ({"title": ""}, ["title"]), ({"extra": "x"}, [])],
 )
-async def test_bad_form_fields_leave_no_file(client, media_dir, fields, wrong):
-    before = media_files(media_dir)
+async def test_bad_form_fields_leave_no_file(client, stored, fields, wrong):
+    before = stored()
     response = await client.post("/clips", data=upload_form(MP3, **fields))
     body = await read_problem(response, 400)
     assert error_fields(body) == wrong
-    assert media_files(media_dir) == before
+    assert stored() == before
 
 
 async def test_missing_file_and_malformed_multipart_are_400(client, pool):
@@ -199,15 +201,15 @@ async def test_missing_file_and_malformed_multipart_are_400(client, pool):
     assert await clip_count(pool) == 0
 
 
-async def test_file_names_never_come_from_the_client(client, media_dir, tmp_path):
+async def test_file_names_never_come_from_the_client(client, media_dir, stored, tmp_path):
     response = await client.post("/clips", data=upload_form(MP3, filename="../../../escape.mp3"))
     assert response.status == 201
     assert not (media_dir.parent / "escape.mp3").exists()
     assert not any(p.name == "escape.mp3" for p in tmp_path.rglob("*"))
 
 
-async def test_an_aborted_upload_leaves_no_file_and_no_row(client, pool, media_dir):
-    before = media_files(media_dir)
+async def test_an_aborted_upload_leaves_no_file_and_no_row(client, pool, stored):
+    before = stored()
     boundary = "abortabort"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nGone\r\n'
@@ -225,43 +227,43 @@ async def test_an_aborted_upload_leaves_no_file_and_no_row(client, pool, media_d
     )
     await writer.drain()
     # The partial file appears while the body arrives...
-    await wait_until(lambda: media_files(media_dir) - before, "the partial upload on disk")
+    await wait_until(lambda: stored() - before, "the partial upload on disk")
     writer.close()  # ...and the client goes away mid-file
-    await wait_until(lambda: media_files(media_dir) == before, "the partial upload removed")
+    await wait_until(lambda: stored() == before, "the partial upload removed")
     assert await clip_count(pool) == 0
 
 
-async def test_20_concurrent_uploads(client, pool, media_dir):
-    before = media_files(media_dir)
+async def test_20_concurrent_uploads(client, pool, stored):
+    before = stored()
     responses = await asyncio.gather(
         *(client.post("/clips", data=upload_form(MP3, title=f"Upload {i}")) for i in range(20))
     )
     assert [r.status for r in responses] == [201] * 20
     clips = [await r.json() for r in responses]
     assert len({c["id"] for c in clips}) == 20
-    assert len(media_files(media_dir) - before) == 20
+    assert len(stored() - before) == 20
     assert await clip_count(pool) == 20
 
 
 @pytest.mark.parametrize("trickle", [None, 0.05], ids=["stalled", "trickling"])
 async def test_an_upload_that_stalls_or_trickles_is_cut_with_408(
-    settings, make_client, media_dir, trickle
+    settings, make_client, stored, trickle
 ):
     """Every 64 KiB must arrive within UPLOAD_IDLE_SECONDS: a body that sends
     nothing more is cut, and so is one that sends a byte far more often
     than that (a deadline per read alone would never cut it)."""
     client = await make_client(settings.changed({"upload_idle_seconds": 0.5}))
-    before = media_files(media_dir)
+    before = stored()
     head = raw_upload_head(len(MP3))
     status, rest = await send_slowly(client, head, MP3, first=1000, trickle=trickle)
     assert status == 408
     assert b"UPLOAD_IDLE_SECONDS" in rest
-    await wait_until(lambda: media_files(media_dir) == before, "the partial upload removed")
+    await wait_until(lambda: stored() == before, "the partial upload removed")
     assert await clip_count(client.server.app[POOL]) == 0
 
 
 async def test_an_upload_paced_to_last_is_cut_at_its_total_deadline_with_408(
-    settings, make_client, media_dir
+    settings, make_client, stored
 ):
     """A body that keeps every 64 KiB within UPLOAD_IDLE_SECONDS still gets
     UPLOAD_MAX_SECONDS in all: then 408, its partial file removed and its
@@ -271,7 +273,7 @@ async def test_an_upload_paced_to_last_is_cut_at_its_total_deadline_with_408(
     )
     uploads = client.server.app[UPLOADS]
     assert uploads.idle >= 30  # the pace below never stalls: only the total deadline cuts
-    before = media_files(media_dir)
+    before = stored()
     reader, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(raw_upload_head(10 * 1024 * 1024) + MP3)
 
@@ -282,7 +284,7 @@ async def test_an_upload_paced_to_last_is_cut_at_its_total_deadline_with_408(
 
     pacing = asyncio.create_task(keep_pace())
     try:
-        await wait_until(lambda: media_files(media_dir) - before, "the upload being received")
+        await wait_until(lambda: stored() - before, "the upload being received")
         async with asyncio.timeout(10):
             status, rest = await read_status(reader)
             rest += await reader.read(2000)
@@ -291,13 +293,13 @@ async def test_an_upload_paced_to_last_is_cut_at_its_total_deadline_with_408(
         writer.close()
     assert status == 408
     assert b"UPLOAD_MAX_SECONDS" in rest
-    await wait_until(lambda: media_files(media_dir) == before, "the partial upload removed")
+    await wait_until(lambda: stored() == before, "the partial upload removed")
     assert uploads.active == 0
     assert (await client.post("/clips", data=upload_form(MP3))).status == 201
 
 
-async def test_a_form_of_thousands_of_parts_is_400_naming_the_cap(client, media_dir):
-    before = media_files(media_dir)
+async def test_a_form_of_thousands_of_parts_is_400_naming_the_cap(client, stored):
+    before = stored()
     boundary = "manyparts"
     part = f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\nx\r\n'
     body = (part * 20_000 + f"--{boundary}--\r\n").encode()
@@ -307,22 +309,22 @@ async def test_a_form_of_thousands_of_parts_is_400_naming_the_cap(client, media_
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     assert f"more than {MAX_PARTS} parts" in (await read_problem(response, 400))["detail"]
-    assert media_files(media_dir) == before
+    assert stored() == before
 
 
-async def test_a_slow_parse_never_blocks_other_requests(settings, make_client, media_dir):
+async def test_a_slow_parse_never_blocks_other_requests(settings, make_client, media_dir, stored):
     """While a file that takes the parser seconds is read, the same server
     answers other requests: each completes before the parse does."""
     client = await make_client(settings.changed({"upload_parse_seconds": 60.0}))
     wav = slow_wav(300_000)
-    before = media_files(media_dir)
+    before = stored()
     upload = asyncio.create_task(
         client.post("/clips", data=upload_form(io.BytesIO(wav), "slow.wav"))
     )
 
     def received() -> bool:  # the whole file is on disk: its parse starts
         sizes = []
-        for name in media_files(media_dir) - before:
+        for name in stored() - before:
             with contextlib.suppress(FileNotFoundError):  # renamed meanwhile
                 sizes.append((media_dir / name).stat().st_size)
         return len(wav) in sizes
@@ -338,7 +340,7 @@ async def test_a_slow_parse_never_blocks_other_requests(settings, make_client, m
 
 
 async def test_a_parse_over_its_budget_is_422_and_its_worker_is_replaced(
-    settings, make_client, media_dir
+    settings, make_client, stored
 ):
     client = await make_client(
         settings.changed({"upload_parse_seconds": 0.3, "upload_parse_workers": 1})
@@ -346,36 +348,36 @@ async def test_a_parse_over_its_budget_is_422_and_its_worker_is_replaced(
     reader = client.server.app[UPLOADS].reader
     assert (await client.post("/clips", data=upload_form(MP3))).status == 201
     (first,) = reader.pids()
-    before = media_files(media_dir)
+    before = stored()
 
     response = await client.post(
         "/clips", data=upload_form(io.BytesIO(slow_wav(1_000_000)), "slow.wav")
     )
 
     assert "UPLOAD_PARSE_SECONDS" in (await read_problem(response, 422))["detail"]
-    assert media_files(media_dir) == before
+    assert stored() == before
     await wait_until(lambda: not alive(first), "the overrunning worker killed")
     # A fresh worker reads the next upload.
     assert (await client.post("/clips", data=upload_form(MP3))).status == 201
     assert reader.pids() and first not in reader.pids()
 
 
-async def test_uploads_past_the_cap_are_503_with_retry_after(settings, make_client, media_dir):
+async def test_uploads_past_the_cap_are_503_with_retry_after(settings, make_client, stored):
     client = await make_client(settings.changed({"upload_max_concurrent": 1}))
-    before = media_files(media_dir)
+    before = stored()
     head = raw_upload_head(len(MP3))
     _, writer = await asyncio.open_connection(client.host, client.port)
     writer.write(head + MP3[:1000])  # one upload in progress, holding the only place
-    await wait_until(lambda: media_files(media_dir) - before, "the first upload on disk")
+    await wait_until(lambda: stored() - before, "the first upload on disk")
 
     response = await client.post("/clips", data=upload_form(MP3))
 
     body = await read_problem(response, 503)
     assert "UPLOAD_MAX_CONCURRENT" in body["detail"]
     assert response.headers["Retry-After"].isdigit()
-    assert len(media_files(media_dir) - before) == 1  # the refused one wrote nothing
+    assert len(stored() - before) == 1  # the refused one wrote nothing
     writer.close()  # the first upload ends: its place is free again
-    await wait_until(lambda: media_files(media_dir) == before, "the first upload removed")
+    await wait_until(lambda: stored() == before, "the first upload removed")
     assert (await client.post("/clips", data=upload_form(MP3))).status == 201
 
 
@@ -399,12 +401,12 @@ def wav(rate: int, channels: int, width: int, frames: int) -> bytes:
     ids=["longer-than-a-day", "impossible-bitrate"],
 )
 async def test_audio_announcing_what_the_catalogue_cannot_hold_is_422(
-    client, pool, media_dir, payload, named
+    client, pool, stored, payload, named
 ):
     """Not a database error (500) after the fact: refused, nothing kept."""
-    before = media_files(media_dir), await clip_count(pool)
+    before = stored(), await clip_count(pool)
     body = await read_problem(await client.post("/clips", data=upload_form(payload)), 422)
     assert named in body["detail"]
-    assert (media_files(media_dir), await clip_count(pool)) == before
+    assert (stored(), await clip_count(pool)) == before
     text = await (await client.get("/metrics")).text()
     assert 'clips_db_errors_total{kind="query"} 0.0' in text

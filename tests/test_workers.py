@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
 
 from db import clips
 from tests.scrape import metric, samples
@@ -59,6 +60,8 @@ async def supervisor(database_url, tmp_path):
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "MEDIA_DIR": str(tmp_path),
+        "CACHE_DIR": str(tmp_path / "cache"),
+        "UPSTREAM_ALLOW": "127.0.0.1/32",
         "SHUTDOWN_GRACE": "2",
         "TMPDIR": str(tmp_path / "tmp"),  # where the supervisor makes its metrics directory
     }
@@ -209,3 +212,52 @@ async def test_the_metrics_directory_is_the_runs_own(supervisor, tmp_path):
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 15) == 0, log.read_text()
     assert metrics_dirs(tmp_path) == []
+
+
+async def test_workers_share_one_cache_directory(
+    supervisor, database_url, tmp_path, aiohttp_server
+):
+    """Both workers serve a remote clip from one CACHE_DIR: one origin fetch
+    (at most one per worker, each coalescing its own listeners), one body
+    on disk, every listener the same bytes, every play counted."""
+    _, _, base = supervisor
+    audio, fetched = os.urandom(300 * 1024), []
+
+    async def origin(request: web.Request) -> web.Response:
+        fetched.append(request.path)
+        headers = {"ETag": '"w"', "Cache-Control": "max-age=3600"}
+        return web.Response(body=audio, content_type="audio/mpeg", headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/w.mp3", origin)
+    server = await aiohttp_server(app)
+    connection = await asyncpg.connect(database_url)
+    try:
+        clip = await clips.create_clip(
+            connection,
+            title="A remote clip",
+            description="",
+            genre="rock",
+            duration_seconds=20.0,
+            audio_url=str(server.make_url("/w.mp3")),
+            media_path=None,
+            content_type="audio/mpeg",
+        )
+        plays = 30
+        for _ in range(plays):
+            assert await get(base, f"/clips/{clip['id']}/stream") == (200, audio)
+        assert 1 <= len(fetched) <= 2, fetched
+        assert len(list((tmp_path / "cache").glob("*.audio"))) == 1
+        text = (await get(base, "/metrics"))[1].decode()
+        served = sum(
+            metric(text, "clips_cache_requests_total", result=result)
+            for result in ("hit", "miss", "coalesced")
+        )
+        assert served == plays
+
+        async def all_written() -> bool:
+            return (await clips.get_clip(connection, clip["id"]))["play_count"] == plays
+
+        await wait_until(all_written, f"{plays} plays written", seconds=10)
+    finally:
+        await connection.close()

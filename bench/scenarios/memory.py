@@ -1,14 +1,17 @@
 """Scenario 5: what held streams cost. 1,000 slow listeners (16 KiB/s each)
-hold the 5 MiB clip open, remote and then stored; the app's RSS, fds and
-tasks are read at idle, while held, and after they are gone.
+hold the 5 MiB clip open: remote hot (cached before they come), remote
+filling (they arrive on a clip not played yet) and stored; the app's RSS,
+fds and tasks are read at idle, while held, and after they are gone.
+Issue 15's target: ≤ 150 KiB of RSS per listener, hot or filling.
 
-Each source gets an app process of its own, so "idle" is a fresh, warmed
-process and not whatever the scenarios before left in the allocator."""
+Each run gets an app process (and an empty cache) of its own, so "idle" is
+a fresh, warmed process and not whatever the runs before left in the
+allocator."""
 
 import asyncio
 import time
 
-from bench import counting, service
+from bench import cache, counting, service
 from bench.counting import PlayTally
 from bench.readers import SlowReaders
 from bench.report import Row
@@ -43,30 +46,45 @@ async def settle(bench: Bench, app: service.App, bound: float = 15.0) -> bool:
     return True
 
 
+# (row name, source, warm the held clip first?): the remote clip held hot
+# (in the cache before the listeners come, once the app has one) and
+# filling (they arrive on a clip nobody has played), and the stored clip.
+RUNS = (
+    ("remote hot", "remote", True),
+    ("remote filling", "remote", False),
+    ("stored", "stored", True),
+)
+
+
 async def run(bench: Bench) -> None:
-    for source, clip in (
-        ("remote", bench.catalogue.remote_big),
-        ("stored", bench.catalogue.stored_big),
-    ):
+    for name, source, warm in RUNS:
+        clip = bench.catalogue.remote_big if source == "remote" else bench.catalogue.stored_big
         async with service.running(
             bench.database_url,
             bench.media_dir,
             bench.scratch,
             bench.options.workers,
             bench.cores.servers,
+            # A cache of its own, empty: "filling" must find the clip cold.
+            cache_dir=bench.scratch / f"cache-memory-{name.replace(' ', '-')}",
+            ca_bundle=bench.origin.ca_bundle,
         ) as app:
-            await hold(bench, app, source, clip)
+            await hold(bench, app, name, source, clip, warm)
 
 
-async def hold(bench: Bench, app: service.App, source: str, clip) -> None:
+async def hold(bench: Bench, app: service.App, name: str, source: str, clip, warm: bool) -> None:
     seconds = 2 * bench.options.duration  # 20 s at the default duration
     path = f"/clips/{clip.id}/stream"
-    # Warm: imports, pool, upstream connection, metadata cache.
-    await bench.wrk(app.url + path, 4, body_bytes=clip.size, duration=1)
+    # Warm: imports, pool, upstream connection, metadata cache, and (hot)
+    # the clip itself; filling warms on another remote clip.
+    warming = clip if warm else bench.catalogue.remote_small
+    await bench.wrk(f"{app.url}/clips/{warming.id}/stream", 4, body_bytes=warming.size, duration=1)
     await settle(bench, app)
     await asyncio.sleep(0.5)
     idle, idle_tasks = app.usage(), await tasks(bench, app)
     tally = await PlayTally.begin(bench.session, app.url, clip.id, source, app.workers() == 1)
+    caching = await cache.snapshot(bench.session, app.url)
+    mark = bench.origin.fetch_mark()
     readers = SlowReaders("127.0.0.1", app.port, path, STREAMS)
     peak = idle.rss_kib
     opened = time.monotonic()
@@ -102,10 +120,21 @@ async def hold(bench: Bench, app: service.App, source: str, clip) -> None:
     if got.stalled:
         kinds["stalled"] = got.stalled
     mib = 1024
+    remote = {}
+    if source == "remote":
+        used = cache.use(caching, await cache.snapshot(bench.session, app.url), True)
+        fetches = bench.origin.fetches_since(mark, clip.origin_path)
+        remote = {"cache": used.state}
+        origin_text = used.describe()
+        if fetches is not None:
+            remote["origin_per_1000"] = fetches.per_1000(count.plays)
+            origin_text += f"; {fetches.describe()} for {count.plays:,} plays"
     bench.report.add(
         Row(
-            scenario=f"memory {source} {STREAMS} slow",
+            scenario=f"memory {name} {STREAMS} slow",
             target="app",
+            rss_kib_per_listener=per_stream,
+            **remote,
             mib_s=got.bytes / reading / 2**20,
             errors=got.failed + got.stalled,
             error_kinds=kinds,
@@ -119,7 +148,9 @@ async def hold(bench: Bench, app: service.App, source: str, clip) -> None:
                 f"back near idle: {verdict(back)}; fds {idle.fds}→{held.fds}→{after.fds}; "
                 f"{task_text}; threads {idle.threads}→{held.threads}→{after.threads}; "
                 f"in flight while held {held_streams:.0f}; nothing left behind: "
-                f"{verdict(no_leak)}; count {count.describe()}"
+                f"{verdict(no_leak)}; "
+                + (f"{origin_text}; " if remote else "")
+                + f"count {count.describe()}"
             ),
             extra={
                 "streams_started": got.started,
