@@ -9,7 +9,9 @@ or hung) is due again. Every write after the claim names the claim's
 token: a process whose claim was taken over changes nothing.
 """
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from asyncpg import Connection, Pool, Record
@@ -47,9 +49,26 @@ async def retry_job(
     return await conn.fetchval(SQL["retry_job"], job_id, claim, after_seconds, reason) is not None
 
 
+async def _with_clip_locked(conn: Conn, clip_id: int, query: str, *args: object) -> bool:
+    """Run `query` (an outcome's write) in a transaction that first locks
+    the job's clip (sql/jobs.sql lock_clip); False when the clip is gone or
+    the query returns no row."""
+    held = conn.acquire() if isinstance(conn, Pool) else _same(conn)
+    async with held as connection, connection.transaction():
+        if await connection.fetchval(SQL["lock_clip"], clip_id) is None:
+            return False
+        return await connection.fetchval(query, *args) is not None
+
+
+@contextlib.asynccontextmanager
+async def _same(conn: Connection) -> AsyncIterator[Connection]:
+    yield conn
+
+
 @translated
-async def fail_job(conn: Conn, job_id: int, claim: uuid.UUID, reason: str) -> bool:
-    return await conn.fetchval(SQL["fail_job"], job_id, claim, reason) is not None
+async def fail_job(conn: Conn, job_id: int, claim: uuid.UUID, clip_id: int, reason: str) -> bool:
+    """Fail the job for good (a preview job marks the clip's preview failed)."""
+    return await _with_clip_locked(conn, clip_id, SQL["fail_job"], job_id, claim, reason)
 
 
 @translated
@@ -58,6 +77,7 @@ async def finish_preview(
     job_id: int,
     claim: uuid.UUID,
     *,
+    clip_id: int,
     name: str,
     content_type: str,
     size_bytes: int,
@@ -65,26 +85,32 @@ async def finish_preview(
 ) -> bool:
     """Record the preview on its clip; False: the claim was lost (or the
     clip deleted) and the file `name` belongs to nobody."""
-    row = await conn.fetchval(
-        SQL["finish_preview"], job_id, claim, name, content_type, size_bytes, bitrate
-    )
-    return row is not None
+    return await _with_clip_locked(
+        conn, clip_id, SQL["finish_preview"], job_id, claim, name, content_type, size_bytes,
+        bitrate,
+    )  # fmt: skip
 
 
 @translated
 async def finish_peaks(
-    conn: Conn, job_id: int, claim: uuid.UUID, sample_rate: int, samples_per_pixel: int, data: bytes
+    conn: Conn,
+    job_id: int,
+    claim: uuid.UUID,
+    *,
+    clip_id: int,
+    sample_rate: int,
+    samples_per_pixel: int,
+    data: bytes,
 ) -> bool:
-    row = await conn.fetchval(
-        SQL["finish_peaks"], job_id, claim, sample_rate, samples_per_pixel, data
+    return await _with_clip_locked(
+        conn, clip_id, SQL["finish_peaks"], job_id, claim, sample_rate, samples_per_pixel, data
     )
-    return row is not None
 
 
 @translated
 async def queue_peaks(conn: Conn, clip_id: int) -> None:
     """Forget the clip's peaks and compute them again (its audio changed)."""
-    await conn.execute(SQL["queue_peaks"], clip_id)
+    await _with_clip_locked(conn, clip_id, SQL["queue_peaks"], clip_id)
 
 
 @translated

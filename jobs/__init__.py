@@ -160,7 +160,9 @@ class Runner:
     async def _fail(self, job: Row, reason: str, say: Callable = log.info) -> str:
         say("jobs: %s of clip %d failed: %s", job["kind"], job["clip_id"], reason)
         return await self._settle(
-            job, "failed", queue.fail_job(self.pool, job["id"], job["claim"], reason)
+            job,
+            "failed",
+            queue.fail_job(self.pool, job["id"], job["claim"], job["clip_id"], reason),
         )
 
     async def _settle(self, job: Row, outcome: str, write) -> str:
@@ -213,6 +215,7 @@ class Runner:
                 self.pool,
                 job["id"],
                 job["claim"],
+                clip_id=job["clip_id"],
                 name=preview.name,
                 content_type=PREVIEW_TYPE,
                 size_bytes=preview.size_bytes,
@@ -247,8 +250,9 @@ class Runner:
                 # ground for calling the file damaged.
                 peaks = await process.run(seconds, measure_peaks, path, 0.0)
         finished = queue.finish_peaks(
-            self.pool, job["id"], job["claim"], peaks.sample_rate, peaks.samples_per_pixel,
-            peaks.data,
+            self.pool, job["id"], job["claim"], clip_id=job["clip_id"],
+            sample_rate=peaks.sample_rate, samples_per_pixel=peaks.samples_per_pixel,
+            data=peaks.data,
         )  # fmt: skip
         return await self._settle(job, "done", finished)
 

@@ -140,3 +140,9 @@ WHERE c.id = $1;
 -- name: job_states
 -- Every job of a clip (tests, bench): kind, state, attempts, last_error, worker.
 SELECT kind, state, attempts, last_error, worker FROM jobs WHERE clip_id = $1 ORDER BY kind;
+
+-- name: lock_clip
+-- Before a job's outcome is written: its clip's row, locked first, as
+-- DELETE and PATCH lock it before the jobs rows they reach, so that the
+-- two never wait for each other in a cycle (a deadlock). No row: deleted.
+SELECT id FROM clips WHERE id = $1 FOR NO KEY UPDATE;
