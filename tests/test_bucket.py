@@ -222,3 +222,20 @@ async def test_requests_are_signed_as_a_checking_store_expects(
     assert bucket.names() == set()
     wrong = settings.changed({**names, "aws_secret_access_key": "not-the-secret"})
     assert "access was denied" in str(await refused_start(wrong))
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_malformed_conditions_are_ignored_not_sent_to_the_bucket(
+    client, make_clip, bucket, method
+):
+    """RFC 9110 §13.1.3: an If-Modified-Since that is not a date is
+    ignored. Sent on as it came, a store may refuse the request (moto
+    answers 500), which the listener would read as the store failing."""
+    clip_id = await make_clip(media_path="small.mp3")
+    for condition in ({"If-Modified-Since": "garbage"}, {"If-None-Match": "not-a-tag"}):
+        response = await client.request(method, f"/clips/{clip_id}/stream", headers=condition)
+        assert response.status == 200, (condition, await response.text())
+        if method == "GET":
+            assert await response.read() == bucket.get("small.mp3")
+    text = await scrape(client)
+    assert metric(text, "clips_storage_errors_total", operation="read") == 0
