@@ -281,7 +281,11 @@ class NewObject:
     goes out; `write()` buffers up to PART_BYTES and sends each full part;
     `commit()` finishes it (one PUT when it never reached a part) and
     returns its name; `discard()` aborts an uncommitted multipart upload.
-    Raises StorageError, counted as "write"."""
+    `sent` turns true when the request that makes the object (the PUT, or
+    the multipart upload's completion) has gone out: from then on the
+    object may exist even if `commit()` raised, its answer lost (a dropped
+    connection, a timeout, the caller cancelled), so an owner that does not
+    keep it deletes it by name. Raises StorageError, counted as "write"."""
 
     def __init__(self, bucket: Bucket, name: str | None = None):
         self._bucket = bucket
@@ -291,6 +295,7 @@ class NewObject:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[str] = []
+        self.sent = False
         self.committed = False
 
     def name_as(self, extension: str, content_type: str) -> None:
@@ -344,6 +349,7 @@ class NewObject:
         if self._upload_id is None:
             if self.name is None:
                 self.name = f"{uuid.uuid4().hex}{self.extension}"
+            self.sent = True
             await self._bucket.request(
                 "write",
                 self._action(),
@@ -360,6 +366,7 @@ class NewObject:
                 for n, tag in enumerate(self._parts, start=1)
             )
             document = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+            self.sent = True
             _, _, body = await self._bucket.request(
                 "write",
                 self._action(),

@@ -182,14 +182,21 @@ class Uploads:
             await asyncio.shield(self._discard(upload, objects))
 
     async def _discard(self, upload: Upload, objects: list["NewObject"]) -> None:
-        """Remove what an upload left that is not kept."""
+        """Remove what an upload left that is not kept: its multipart upload,
+        and its object once the request making it went out, whether or not
+        an answer came back (`NewObject.sent`): a commit whose answer was
+        lost may have made an object no row names and no lifecycle rule
+        removes."""
         for new in objects:
             await new.discard()
-        if upload.name is not None and not upload.kept:
-            if self.bucket is not None:
-                await self.bucket.delete(upload.name)
-            else:
-                self.store.delete(upload.name)
+        if upload.kept:
+            return
+        if self.bucket is not None:
+            for new in objects:
+                if new.sent and new.name is not None:
+                    await self.bucket.delete(new.name)
+        elif upload.name is not None:
+            self.store.delete(upload.name)
 
     async def _within_idle(self, read: Awaitable[T]) -> T:
         """`read`, or a 408 when it does not complete within the idle limit."""

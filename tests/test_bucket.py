@@ -12,6 +12,8 @@ import wave
 
 import aiohttp
 import pytest
+import yarl
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from db import POOL
@@ -239,3 +241,62 @@ async def test_malformed_conditions_are_ignored_not_sent_to_the_bucket(
             assert await response.read() == bucket.get("small.mp3")
     text = await scrape(client)
     assert metric(text, "clips_storage_errors_total", operation="read") == 0
+
+
+@pytest.fixture
+async def lossy_endpoint(aiohttp_server, bucket):
+    """A loopback front for the bucket's endpoint that passes every request
+    on and answers with the store's answer, except a commit (the one PUT of
+    a whole object, or the POST completing a multipart upload): that is
+    done by the store, then the connection is dropped unanswered, as a load
+    balancer's timeout or a network cut after the store acted would.
+    Returns its URL and the list of what it dropped."""
+    dropped: list[str] = []
+    session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding")
+        }
+        async with session.request(
+            request.method,
+            yarl.URL(bucket.endpoint + request.raw_path, encoded=True),
+            headers=headers,
+            data=io.BytesIO(await request.read()),
+        ) as answer:
+            body = await answer.read()
+        query = request.query
+        whole_put = request.method == "PUT" and not query
+        completion = request.method == "POST" and "uploadId" in query
+        if (whole_put or completion) and answer.status == 200:
+            dropped.append(request.method)
+            assert request.transport is not None
+            request.transport.close()  # done by the store; its answer lost
+        return web.Response(status=answer.status, body=body, headers=answer.headers)
+
+    front = web.Application(client_max_size=2 * PART_BYTES)
+    front.router.add_route("*", "/{tail:.*}", forward)
+    server = await aiohttp_server(front)
+    yield str(server.make_url("")).rstrip("/"), dropped
+    await session.close()
+
+
+@pytest.mark.parametrize("size", ["one PUT", "multipart"])
+async def test_an_object_whose_commit_answer_is_lost_is_removed(
+    settings, make_client, bucket, lossy_endpoint, size
+):
+    """The store made the object, the app never heard so: no row names it,
+    so it goes (no lifecycle rule removes a complete object)."""
+    endpoint, dropped = lossy_endpoint
+    client = await make_client(settings.changed({"s3_endpoint_url": endpoint}))
+    before = bucket.names()
+    audio, filename = (MP3, "song.mp3") if size == "one PUT" else (BIG, "long.wav")
+    response = await client.post("/clips", data=upload_form(io.BytesIO(audio), filename))
+    assert "the endpoint could not be reached" in (await read_problem(response, 503))["detail"]
+    # (aiohttp's client sends an idempotent PUT again once when its
+    # keep-alive connection drops: both are dropped.)
+    assert set(dropped) == {"PUT" if size == "one PUT" else "POST"}
+    assert (bucket.names(), bucket.uploads()) == (before, set())
+    assert await clip_count(client.server.app[POOL]) == 0
