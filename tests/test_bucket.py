@@ -8,6 +8,7 @@ test_partial_uploads.py, test_streams.py and test_clips.py."""
 
 import asyncio
 import io
+import tracemalloc
 import wave
 
 import aiohttp
@@ -21,7 +22,7 @@ from db.plays import PLAYS
 from server import SERVER_OPTIONS, create_app
 from settings import Settings
 from storage import StorageError
-from storage.s3 import PART_BYTES
+from storage.s3 import PART_BYTES, Bucket, BucketConfig
 from tests.buckets import TestBucket, signing_user, start_s3_server
 from tests.scrape import metric, scrape
 from tests.support import (
@@ -243,53 +244,68 @@ async def test_malformed_conditions_are_ignored_not_sent_to_the_bucket(
     assert metric(text, "clips_storage_errors_total", operation="read") == 0
 
 
-@pytest.fixture
-async def lossy_endpoint(aiohttp_server, bucket):
-    """A loopback front for the bucket's endpoint that passes every request
-    on and answers with the store's answer, except a commit (the one PUT of
-    a whole object, or the POST completing a multipart upload): that is
-    done by the store, then the connection is dropped unanswered, as a load
-    balancer's timeout or a network cut after the store acted would.
-    Returns its URL and the list of what it dropped."""
-    dropped: list[str] = []
-    session = aiohttp.ClientSession(auto_decompress=False)
+class Front:
+    """A loopback front for the bucket's endpoint: every request is passed
+    on and answered with the store's answer. Every PUT (an object or a
+    part) is noted in `held` with the memory Python holds as it arrives
+    (tracemalloc's, when tracing). A commit (the one PUT of a whole object,
+    or the POST completing a multipart upload) is noted in `commits`; with
+    `drop`, it is done by the store, then the
+    connection is dropped unanswered, as a load balancer's timeout or a
+    network cut after the store acted would."""
 
-    async def forward(request: web.Request) -> web.StreamResponse:
+    def __init__(self, endpoint: str, drop: bool = False):
+        self.endpoint, self.drop = endpoint, drop
+        self.commits: list[str] = []
+        self.held: list[int] = []
+        self.session = aiohttp.ClientSession(auto_decompress=False)
+        self.app = web.Application(client_max_size=2 * PART_BYTES)
+        self.app.router.add_route("*", "/{tail:.*}", self.forward)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        commit = (request.method == "PUT" and not query) or (
+            request.method == "POST" and "uploadId" in query
+        )
+        if request.method == "PUT":  # before its body is read here
+            self.held.append(tracemalloc.get_traced_memory()[0])
+        if commit:
+            self.commits.append(request.method)
         headers = {
             k: v
             for k, v in request.headers.items()
             if k.lower() not in ("host", "content-length", "transfer-encoding")
         }
-        async with session.request(
+        async with self.session.request(
             request.method,
-            yarl.URL(bucket.endpoint + request.raw_path, encoded=True),
+            yarl.URL(self.endpoint + request.raw_path, encoded=True),
             headers=headers,
             data=io.BytesIO(await request.read()),
         ) as answer:
             body = await answer.read()
-        query = request.query
-        whole_put = request.method == "PUT" and not query
-        completion = request.method == "POST" and "uploadId" in query
-        if (whole_put or completion) and answer.status == 200:
-            dropped.append(request.method)
+        if commit and self.drop and answer.status == 200:
             assert request.transport is not None
             request.transport.close()  # done by the store; its answer lost
         return web.Response(status=answer.status, body=body, headers=answer.headers)
 
-    front = web.Application(client_max_size=2 * PART_BYTES)
-    front.router.add_route("*", "/{tail:.*}", forward)
-    server = await aiohttp_server(front)
-    yield str(server.make_url("")).rstrip("/"), dropped
-    await session.close()
+
+@pytest.fixture
+async def front(aiohttp_server, bucket):
+    """The Front of the test's bucket, and its URL."""
+    made = Front(bucket.endpoint)
+    server = await aiohttp_server(made.app)
+    yield made, str(server.make_url("")).rstrip("/")
+    await made.session.close()
 
 
 @pytest.mark.parametrize("size", ["one PUT", "multipart"])
 async def test_an_object_whose_commit_answer_is_lost_is_removed(
-    settings, make_client, bucket, lossy_endpoint, size
+    settings, make_client, bucket, front, size
 ):
     """The store made the object, the app never heard so: no row names it,
     so it goes (no lifecycle rule removes a complete object)."""
-    endpoint, dropped = lossy_endpoint
+    front, endpoint = front
+    front.drop = True
     client = await make_client(settings.changed({"s3_endpoint_url": endpoint}))
     before = bucket.names()
     audio, filename = (MP3, "song.mp3") if size == "one PUT" else (BIG, "long.wav")
@@ -297,6 +313,31 @@ async def test_an_object_whose_commit_answer_is_lost_is_removed(
     assert "the endpoint could not be reached" in (await read_problem(response, 503))["detail"]
     # (aiohttp's client sends an idempotent PUT again once when its
     # keep-alive connection drops: both are dropped.)
-    assert set(dropped) == {"PUT" if size == "one PUT" else "POST"}
+    assert set(front.commits) == {"PUT" if size == "one PUT" else "POST"}
     assert (bucket.names(), bucket.uploads()) == (before, set())
     assert await clip_count(client.server.app[POOL]) == 0
+
+
+@pytest.mark.parametrize("size", ["one PUT", "multipart"])
+async def test_an_upload_holds_one_copy_of_a_part_while_it_is_sent(bucket, front, size):
+    """README: each upload holds at most 5 MiB of memory. Each part (or the
+    whole object, below a part) is sent from one copy: the buffer it was
+    gathered in is let go before the request goes out, and the request
+    body is not copied again."""
+    front, endpoint = front
+    audio = long_wav(PART_BYTES - 100_000) if size == "one PUT" else BIG
+    config = BucketConfig(bucket.name, endpoint_url=endpoint, prefix=bucket.prefix)
+    async with aiohttp.ClientSession() as session:
+        new = Bucket(config, session).create()
+        new.name_as(".wav", "audio/wav")
+        tracemalloc.start()
+        try:
+            for at in range(0, len(audio), 64 * 1024):
+                await new.write(audio[at : at + 64 * 1024])
+            name = await new.commit()
+        finally:
+            tracemalloc.stop()
+    assert bucket.get(name) == audio
+    assert len(front.held) == (1 if size == "one PUT" else 3)
+    held = max(front.held)
+    assert held < 1.5 * PART_BYTES, f"{held / 2**20:.1f} MiB held while a part was sent"
