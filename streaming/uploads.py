@@ -61,6 +61,7 @@ MAX_PARTS = 16
 # FIELD_MAX_BYTES, part headers and boundaries. A body declaring more than
 # MAX_UPLOAD_BYTES plus this cannot be an upload we would keep.
 FORM_ALLOWANCE = 64 * 1024
+NOT_AUDIO = "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
 # Seconds a client refused for being one upload too many is told to wait.
 RETRY_AFTER = "5"
 
@@ -223,6 +224,11 @@ class Uploads:
                 raise Problem(413, f"The audio file is over MAX_UPLOAD_BYTES ({self.limit} bytes)")
             if len(head) < 64:
                 head += chunk[: 64 - len(head)]
+                if sniff(head) is None:
+                    # The first chunk holds the whole head (_read_chunk):
+                    # refused now, before the rest reaches the disk or the
+                    # bucket (a 50 MiB file would go up as ten parts).
+                    raise Problem(415, NOT_AUDIO)
             digest.update(chunk)
             out.write(chunk)
             if sent is not None:
@@ -294,10 +300,8 @@ class Uploads:
         if head is None:
             raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")
         kind = sniff(head)
-        if kind is None:
-            raise Problem(
-                415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
-            )
+        if kind is None:  # an empty file
+            raise Problem(415, NOT_AUDIO)
         received = files[0]
         received.touch()
         try:

@@ -341,3 +341,16 @@ async def test_an_upload_holds_one_copy_of_a_part_while_it_is_sent(bucket, front
     assert len(front.held) == (1 if size == "one PUT" else 3)
     held = max(front.held)
     assert held < 1.5 * PART_BYTES, f"{held / 2**20:.1f} MiB held while a part was sent"
+
+
+async def test_a_file_that_is_not_audio_is_refused_before_it_reaches_the_bucket(
+    settings, make_client, bucket, front
+):
+    """Its first bytes tell: none of its 12 MiB goes up (two parts, else)."""
+    front, endpoint = front
+    client = await make_client(settings.changed({"s3_endpoint_url": endpoint}))
+    noise = bytes(range(7, 256)) * (12 * 2**20 // 249)
+    response = await client.post("/clips", data=upload_form(io.BytesIO(noise), "noise.mp3"))
+    assert "not audio" in (await read_problem(response, 415))["detail"]
+    assert (front.held, bucket.uploads()) == ([], set())
+    assert await clip_count(client.server.app[POOL]) == 0
