@@ -5,8 +5,9 @@ our own, is hashed and measured on the way, and must stop at
 MAX_UPLOAD_BYTES (413; a Content-Length past it and FORM_ALLOWANCE is 413
 before anything is read). Its format is read from its bytes, not its name or
 declared type (415 for anything but MP3, AAC/M4A, Ogg Vorbis/Opus, WAV and
-FLAC), and mutagen reads duration and bitrate from it in a worker process
-(streaming/audio.py; 422 when it cannot, or not within UPLOAD_PARSE_SECONDS).
+FLAC, as soon as its first bytes arrive), and mutagen reads duration and
+bitrate from it in a worker process (streaming/audio.py; 422 when it
+cannot, or not within UPLOAD_PARSE_SECONDS).
 `receive` is a context manager: unless the caller keeps the upload, the file
 is removed however the request ends, a client abort included. A failing
 disk raises storage.StorageError (a 500 or 507 naming storage).
