@@ -24,6 +24,7 @@ from settings import Settings
 from storage import StorageError
 from storage.s3 import PART_BYTES, Bucket, BucketConfig
 from tests.buckets import TestBucket, signing_user, start_s3_server
+from tests.replicas import replicas
 from tests.scrape import metric, scrape
 from tests.support import (
     MP3,
@@ -354,3 +355,28 @@ async def test_a_file_that_is_not_audio_is_refused_before_it_reaches_the_bucket(
     assert "not audio" in (await read_problem(response, 415))["detail"]
     assert (front.held, bucket.uploads()) == ([], set())
     assert await clip_count(client.server.app[POOL]) == 0
+
+
+async def test_debug_logs_hold_no_signature_nor_session_token(
+    database_url, make_clip, bucket, tmp_path_factory
+):
+    """README: the credentials never appear in logs. With LOG_LEVEL=DEBUG,
+    botocore's signer logs each canonical request (a session token in it)
+    and its signature, from which a presigned URL could be rebuilt."""
+    token = "session-token-that-must-stay-out-of-logs"
+    clip_id = await make_clip(media_path="small.mp3")
+    env = {**bucket.settings(), "LOG_LEVEL": "DEBUG", "AWS_SESSION_TOKEN": token}
+    async with (
+        # A short directory: the upload readers' forkserver socket lives in it.
+        replicas(database_url, tmp_path_factory.mktemp("log"), count=1, **env) as (server,),
+        aiohttp.ClientSession() as session,
+    ):
+        form = upload_form(io.BytesIO(MP3))
+        async with session.post(server.url("/clips"), data=form) as response:
+            assert response.status == 201, await response.text()
+        async with session.get(server.url(f"/clips/{clip_id}/stream")) as response:
+            assert await response.read() == bucket.get("small.mp3")
+    output = server.output()
+    assert " DEBUG " in output  # the level is on
+    assert token not in output
+    assert "Signature" not in output
