@@ -40,7 +40,8 @@ from streaming.dedup import PLAY_DEDUP, Listeners, PlayDedup
 from streaming.plays import count_play
 from streaming.uploads import uploads_ctx
 from streaming.upstream import upstream_ctx
-from web import auth, cors, hosts, instrumentation, problems, requestlog, responses
+from web import auth, chain, requestlog
+from web.pages import PAGE_CACHE, PageCache
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,12 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
     """The app. `metrics_dir`: the supervisor's directory where every
     worker writes its metrics (WORKERS > 1); None keeps them in the app."""
     app = web.Application(
-        middlewares=[
-            requestlog.middleware,
-            instrumentation.middleware,
-            problems.middleware,
-            hosts.middleware,
-            cors.middleware,
-            auth.middleware,
-        ],
+        middlewares=[chain.middleware],
         client_max_size=MAX_JSON_BODY,
     )
     app[SETTINGS] = settings
+    app[requestlog.REQUEST_IDS] = requestlog.RequestIds()
+    app[PAGE_CACHE] = PageCache(settings.list_cache_seconds)
     app[auth.ACCESS] = auth.Access(
         auth.ApiKeys(settings.api_key_entries()),
         auth.StreamSigner(settings.stream_url_secret, settings.stream_url_ttl),
@@ -104,14 +100,14 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             sampling_ctx,
         ]
     )
-    app.on_response_prepare.extend(
-        [requestlog.add_request_id, responses.add_default_headers, cors.add_headers, count_play]
-    )
+    app.on_response_prepare.extend([chain.prepare_headers, count_play])
     app.add_routes(
         [
             *health.routes,
-            *clips.routes,
+            # Before the catalogue: the router tries the routes under /clips
+            # in this order, and streams are the hottest of them.
             *streams.routes,
+            *clips.routes,
             *docs.routes,
             *metrics.routes(app[METRICS]),
         ]

@@ -113,6 +113,9 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Seconds a stream may use clip metadata read earlier (0 = always ask
     # PostgreSQL); see db/clip_cache.py.
     clip_cache_seconds: float = Field(5.0, alias="CLIP_CACHE_SECONDS", ge=0)
+    # Seconds a rendered page of GET /clips may be answered again (0 = off);
+    # see web/pages.py.
+    list_cache_seconds: float = Field(1.0, alias="LIST_CACHE_SECONDS", ge=0)
     migrate_on_start: bool = Field(True, alias="MIGRATE_ON_START")
     media_dir: Path = Field(ROOT / "media", alias="MEDIA_DIR")
     # The read-through cache of remote clips (streaming/cache.py): where its

@@ -5,6 +5,15 @@ The server's own count of started streams comes from /metrics (exact with
 one worker; a scrape reaches a single worker otherwise). The client side
 bounds it: every completed request was started, and at most one request per
 connection was in flight when the load generator stopped.
+
+"Settled" means unchanged over several reads, never one reading of
+`clips_streams_in_flight` at 0: requests the load generator sent just
+before it stopped can still be unread in the app's sockets, and the event
+loop may answer the scrape in the same turn in which it reads them, before
+their streams start (measured: up to 46 streams at c64, 88 at c256, started
+after a scrape that saw none in flight and none in progress). Their plays
+counted, as they should (the requests reached the app); a counter read
+before them was short.
 """
 
 import asyncio
@@ -47,6 +56,11 @@ async def play_count(session: aiohttp.ClientSession, url: str, clip_id: int) -> 
         return (await response.json())["play_count"]
 
 
+# Reads in a row, SETTLE_INTERVAL apart, that must agree for a value to be settled.
+SETTLE_READS = 4
+SETTLE_INTERVAL = 0.05
+
+
 async def settled_play_count(
     session: aiohttp.ClientSession, url: str, clip_id: int, want: int | None, bound: float = 10.0
 ) -> int:
@@ -61,11 +75,11 @@ async def settled_play_count(
         value = await play_count(session, url, clip_id)
         same = same + 1 if value == last else 0
         last = value
-        if same >= 3 and (want is None or value == want):
+        if same >= SETTLE_READS - 1 and (want is None or value == want):
             return value
         if time.monotonic() > deadline:
             return value
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(SETTLE_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -122,8 +136,15 @@ class PlayTally:
         by_clip: bool = False,
     ) -> "PlayTally":
         tally = cls(session, url, clip_id, source, exact, by_clip)
-        tally._plays = await settled_play_count(session, url, clip_id, None)
-        tally._started = tally._started_streams(await metrics(session, url))
+        # Streams first, then plays: a stream still starting is counted in
+        # both or in neither. Read again until the started count held still
+        # around the play count's read (a few tries: an app that never
+        # settles fails the count instead of hanging the harness).
+        for _ in range(5):
+            tally._started = await tally._settled_started()
+            tally._plays = await settled_play_count(session, url, clip_id, None)
+            if tally._started_streams(await metrics(session, url)) == tally._started:
+                break
         return tally
 
     def _started_streams(self, values: dict[str, float]) -> float:
@@ -131,13 +152,20 @@ class PlayTally:
 
     async def _settled_started(self, bound: float = 10.0) -> float:
         # Streams cut at the end finish (as client_gone) a moment after the
-        # load generator exits: read the counter once none is in flight.
+        # load generator exits, and its last requests may start streams
+        # after a scrape that saw none in flight (module docstring): read
+        # the counter once none is in flight and it has held still.
         deadline = time.monotonic() + bound
+        last, same = None, 0
         while True:
             values = await metrics(self._session, self._url)
-            if values.get("clips_streams_in_flight", 0) == 0 or time.monotonic() > deadline:
-                return self._started_streams(values)
-            await asyncio.sleep(0.05)
+            started = self._started_streams(values)
+            idle = values.get("clips_streams_in_flight", 0) == 0
+            same = same + 1 if idle and started == last else 0
+            last = started if idle else None
+            if same >= SETTLE_READS - 1 or time.monotonic() > deadline:
+                return started
+            await asyncio.sleep(SETTLE_INTERVAL)
 
     async def count(self, completed: int, cut: int) -> Count:
         started = None

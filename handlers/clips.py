@@ -21,11 +21,12 @@ from streaming.uploads import UPLOADS
 from streaming.upstream import UPSTREAM, UpstreamRefused
 from web.auth import ACCESS, STREAM_ROUTE
 from web.conditions import entity_tags
+from web.pages import PAGE_CACHE, Page
 from web.pagination import decode_cursor, encode_cursor, next_link
 from web.params import parse_id, parse_json, parse_query, validate
 from web.problems import Problem
 from web.requestlog import CLIP_ID
-from web.responses import json_response
+from web.responses import encode_json, encoded_json_response, json_response
 
 routes = web.RouteTableDef()
 
@@ -81,22 +82,33 @@ def check_version(request: web.Request, clip: Row) -> None:
 @routes.get("/clips/")
 async def list_clips(request: web.Request) -> web.Response:
     query = parse_query(ListQuery, request)
-    after = decode_cursor(query.sort, query.cursor) if query.cursor else None
-    rows = await clips.list_clips(
-        request.app[POOL],
-        sort=query.sort,
-        genre=query.genre,
-        search=query.q,
-        after=after,
-        limit=query.limit + 1,  # one more tells whether a next page exists
-    )
-    page, more = rows[: query.limit], len(rows) > query.limit
-    headers = {}
-    if more:
-        cursor = encode_cursor(query.sort, clips.sort_key(query.sort, page[-1]), page[-1]["id"])
-        headers["Link"] = next_link(base_url(request) + request.path, dict(request.query), cursor)
     renderer = Renderer(request)
-    return json_response([renderer.clip(c) for c in page], headers=headers)
+
+    async def render() -> Page:
+        after = decode_cursor(query.sort, query.cursor) if query.cursor else None
+        rows = await clips.list_clips(
+            request.app[POOL],
+            sort=query.sort,
+            genre=query.genre,
+            search=query.q,
+            after=after,
+            limit=query.limit + 1,  # one more tells whether a next page exists
+        )
+        page, more = rows[: query.limit], len(rows) > query.limit
+        cursor = None
+        if more:
+            cursor = encode_cursor(query.sort, clips.sort_key(query.sort, page[-1]), page[-1]["id"])
+        return Page(encode_json([renderer.clip(c) for c in page]), cursor)
+
+    # The page is the same for every request that asks the same (stream
+    # URLs carry the base URL); the Link keeps this request's own query.
+    key = (query.sort, query.genre, query.q, query.limit, query.cursor, renderer.base)
+    page = await request.app[PAGE_CACHE].get(key, render)
+    headers = {}
+    if page.cursor is not None:
+        link = next_link(renderer.base + request.path, dict(request.query), page.cursor)
+        headers["Link"] = link
+    return encoded_json_response(page.body, headers=headers)
 
 
 async def existing_clip(request: web.Request) -> Row:
@@ -137,6 +149,7 @@ async def create_clip(request: web.Request) -> web.Response:
         clip = await create_uploaded(request)
     else:
         clip = await create_remote(request)
+    request.app[PAGE_CACHE].clear()
     request[CLIP_ID] = clip["id"]  # for its access-log line
     location = f"{base_url(request)}/clips/{clip['id']}"
     return json_response(
@@ -211,6 +224,7 @@ async def update_clip(request: web.Request) -> web.Response:
     request.app[CLIP_CACHE].forget(clip_id)
     if "audio_url" in changes and (cache := request.app.get(CACHE)) is not None:
         cache.drop(clip_id)  # the old audio is never served again
+    request.app[PAGE_CACHE].clear()
     return json_response(Renderer(request).clip(updated), headers={"ETag": etag(updated)})
 
 
@@ -225,6 +239,7 @@ async def delete_clip(request: web.Request) -> web.Response:
     request.app[CLIP_CACHE].forget(clip_id)
     if (cache := request.app.get(CACHE)) is not None:
         cache.drop(clip_id)
+    request.app[PAGE_CACHE].clear()
     if deleted["media_path"] is not None and BUCKET in request.app:
         await request.app[BUCKET].delete(deleted["media_path"])
     elif deleted["media_path"] is not None:

@@ -85,7 +85,7 @@ async def count_play(request: web.Request, response: web.StreamResponse) -> None
     metrics = request.app[METRICS]
     request[STREAM_STARTED] = True
     source = request[STREAM_SOURCE]
-    metrics.streams_started.labels(metrics.clip_label(clip_id), source).inc()
+    metrics.streams_started_of(metrics.clip_label(clip_id), source).inc()
     metrics.streams_in_flight.inc()
     if is_play(
         request.method,
@@ -134,6 +134,6 @@ def tracked(request: web.Request) -> Iterator[Outcome]:
             source = request[STREAM_SOURCE]
             metrics = request.app[METRICS]
             metrics.streams_in_flight.dec()
-            metrics.streams_ended.labels(outcome.reason).inc()
-            metrics.stream_bytes.labels(source).inc(outcome.sent)
+            metrics.streams_ended_of(outcome.reason).inc()
+            metrics.stream_bytes_of(source).inc(outcome.sent)
             request[BODY_BYTES] = outcome.sent

@@ -127,8 +127,11 @@ def not_modified(request: web.Request, etag: str | None, last_modified: str | No
             return any(tag.any for tag in tags)
         current = etag.removeprefix("W/").strip('"')
         return any(tag.any or tag.value == current for tag in tags)
-    since, modified = modified_since(request), http_date(last_modified)
-    return since is not None and modified is not None and modified <= since
+    since = modified_since(request)
+    if since is None:  # the usual case: no date to parse ours against
+        return False
+    modified = http_date(last_modified)
+    return modified is not None and modified <= since
 
 
 def modified_since(request: web.Request) -> datetime | None:

@@ -10,8 +10,10 @@ FileResponse's (and RFC 9110): ETag `"<mtime_ns>-<size>"` in hex.
 """
 
 import asyncio
+import functools
 import math
 import os
+import time
 from typing import BinaryIO
 
 from aiohttp import web
@@ -20,7 +22,7 @@ from db.clips import Row
 from settings import SETTINGS
 from storage import MediaStore
 from streaming.headers import STREAM_HEADERS
-from streaming.plays import STREAM_RANGE, STREAM_SOURCE, Outcome, longest_life, tracked
+from streaming.plays import STREAM_RANGE, STREAM_SOURCE, longest_life, tracked
 from streaming.ranges import if_range_holds, not_modified
 from web.problems import Problem
 
@@ -28,6 +30,14 @@ from web.problems import Problem
 # the whole body gets that pace as one deadline around one sendfile call,
 # rather than a sendfile call, a write-buffer flush and a timer per piece.
 SEND_PIECE_BYTES = 256 * 1024
+
+
+@functools.lru_cache(maxsize=1024)
+def http_date_of(seconds: int) -> str:
+    """Last-Modified for a file modified at `seconds` (rounded up, as
+    aiohttp does), formatted once per distinct time: a hot clip is sent
+    again and again."""
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(seconds))
 
 
 class StoredFile:
@@ -53,21 +63,23 @@ class StoredFile:
     ):
         self.file = file
         try:
-            self.response = web.StreamResponse(headers={**STREAM_HEADERS, "Accept-Ranges": "bytes"})
-            self.response.content_type = content_type
             if validators is None:
                 stat = os.fstat(self.file.fileno())
                 size = stat.st_size
-                self.response.etag = f"{stat.st_mtime_ns:x}-{size:x}"
-                self.response.last_modified = stat.st_mtime
+                # As aiohttp's etag and last_modified setters write them.
+                etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+                last_modified = http_date_of(math.ceil(stat.st_mtime))
             else:
-                for name, value in zip(("ETag", "Last-Modified"), validators, strict=True):
-                    if value is not None:
-                        self.response.headers[name] = value
+                etag, last_modified = validators
+            # The headers written once, not through aiohttp's setters.
+            headers = {**STREAM_HEADERS, "Accept-Ranges": "bytes", "Content-Type": content_type}
+            if etag is not None:
+                headers["ETag"] = etag
+            if last_modified is not None:
+                headers["Last-Modified"] = last_modified
+            self.response = web.StreamResponse(headers=headers)
             self.size = size
             self.offset, self.count = 0, size
-            etag = self.response.headers.get("ETag")
-            last_modified = self.response.headers.get("Last-Modified")
             wanted = request[STREAM_RANGE]
             if not_modified(request, etag, last_modified):
                 self.response.set_status(304)
@@ -94,16 +106,40 @@ class StoredFile:
         every SEND_PIECE_BYTES of it."""
         return send_timeout * max(1, math.ceil(self.count / SEND_PIECE_BYTES))
 
-    async def send_body(self, request: web.Request, outcome: Outcome) -> None:
-        """After prepare(): the body, by one sendfile (the kernel's whole
-        loop, no Python per piece). Counts what is sent in `outcome`."""
-        if request.method == "HEAD" or self.count == 0:
-            return
+    def body_bytes(self, request: web.Request) -> int:
+        """The body this response sends: none for HEAD and 304."""
+        return 0 if request.method == "HEAD" else self.count
+
+    def send_at_once(self, request: web.Request) -> int:
+        """After prepare(): hand the body to the kernel with one sendfile
+        call, straight on the socket, without waiting. A listener keeping
+        up has room for a whole clip in its socket's buffer, and then none
+        of loop.sendfile's machinery runs (pausing and resuming reading, a
+        future, a deadline timer). Returns the bytes sent: fewer when the
+        buffer was full, 0 when the socket is not ours to write to yet
+        (headers still queued in the transport) or not a plain socket."""
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the listener is gone")
+        if transport.get_write_buffer_size() or transport.get_extra_info("sslcontext"):
+            return 0
+        sock = transport.get_extra_info("socket")
+        try:
+            return os.sendfile(sock.fileno(), self.file.fileno(), self.offset, self.count)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except ConnectionError:
+            raise
+        except OSError:
+            return 0  # a file sendfile cannot take: loop.sendfile copies it instead
+
+    async def send_body(self, request: web.Request, sent: int) -> None:
+        """The rest of the body after `sent` bytes, by one loop.sendfile (the
+        kernel's whole loop while the listener reads, no Python per piece)."""
         if request.transport is None or request.transport.is_closing():
             raise ConnectionResetError("the listener is gone")
         loop = asyncio.get_running_loop()
-        await loop.sendfile(request.transport, self.file, self.offset, self.count)
-        outcome.sent = self.count
+        await loop.sendfile(request.transport, self.file, self.offset + sent, self.count - sent)
 
 
 async def send_stored(request: web.Request, store: MediaStore, clip: Row) -> web.StreamResponse:
@@ -128,12 +164,19 @@ async def send_file(request: web.Request, stored: StoredFile, clip: Row) -> None
     settings = request.app[SETTINGS]
     with tracked(request) as outcome:
         await stored.response.prepare(request)
+        body = stored.body_bytes(request)
+        sent = stored.send_at_once(request) if body else 0
+        if sent == body:  # all of it in the kernel's hands already: no deadline needed
+            outcome.sent = sent
+            await stored.response.write_eof()
+            return
         life = longest_life(settings, clip)
         pace = stored.pace(settings.stream_send_timeout)
         try:
             # One deadline, the nearer of the two, around one sendfile.
             async with asyncio.timeout(min(life, pace)):
-                await stored.send_body(request, outcome)
+                await stored.send_body(request, sent)
+                outcome.sent = body
                 await stored.response.write_eof()
         except TimeoutError:
             outcome.reason = "timeout" if life <= pace else "send_timeout"

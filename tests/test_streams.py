@@ -4,6 +4,7 @@ MEDIA_STORE=s3)."""
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter, defaultdict
 
 import aiohttp
@@ -69,6 +70,31 @@ async def test_body_is_byte_identical(client, source_clip, audio_dir, source, na
     assert response.headers["Content-Length"] == str(len(body))
     assert response.headers["Accept-Ranges"] == "bytes"
     assert "ETag" in response.headers and "Last-Modified" in response.headers
+
+
+async def test_a_listener_slower_than_the_socket_buffer_gets_every_byte(
+    client, source_clip, audio_dir
+):
+    # A tiny receive window: the server's first sendfile cannot hand over
+    # the whole clip, and the rest must follow from where it stopped.
+    clip_id = await source_clip("stored", "big.mp3")
+    wanted = (audio_dir / "big.mp3").read_bytes()
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (client.host, client.port))
+        request = f"GET /clips/{clip_id}/stream HTTP/1.1\r\nHost: clips\r\n\r\n"
+        await loop.sock_sendall(sock, request.encode())
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < len(wanted):
+            piece = await loop.sock_recv(sock, 4096)
+            assert piece, "the server closed the stream early"
+            received += piece
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == wanted
+    assert await plays_of(client, clip_id) == 1
 
 
 @pytest.mark.parametrize("source", SOURCES)

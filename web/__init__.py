@@ -1,5 +1,6 @@
 """What wraps every request, whatever its route.
 
+chain           the one middleware and response hook, calling the parts below
 problems        errors as RFC 9457 problem+json; names what failed (database, storage)
 auth            access control: API keys with roles, signed stream URLs
 cors            CORS preflights and headers for CORS_ORIGINS

@@ -125,17 +125,18 @@ def signed_stream(request: web.Request, signer: StreamSigner) -> bool | None:
     return signer.verify(clip_id, expires, signature)
 
 
-@web.middleware
-async def middleware(request: web.Request, handler) -> web.StreamResponse:
+def check(request: web.Request) -> None:
+    """Let the request through to its handler, or raise the 401 or 403
+    that says why not (web/chain.py calls it before every handler)."""
     access = request.app[ACCESS]
     if not access.keys or not request.path.startswith("/clips") or request.method == "OPTIONS":
-        return await handler(request)
+        return
     needed = "read" if request.method in READ_METHODS else "write"
     key = presented_key(request)
     if key is None:
         signed = signed_stream(request, access.signer) if needed == "read" else None
         if signed:
-            return await handler(request)
+            return
         if signed is False:
             raise Problem(403, "The stream URL is expired, altered or for another clip")
         raise Problem(401, "Send an API key: Authorization: Bearer <key>", headers=CHALLENGE)
@@ -144,4 +145,3 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
         raise Problem(401, "The API key is not valid", headers=CHALLENGE)
     if needed == "write" and role != "write":
         raise Problem(403, "This key may only read; writing needs a write key")
-    return await handler(request)

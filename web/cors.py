@@ -24,10 +24,11 @@ def _allowed(request: web.Request) -> str | None:
     return origin if origin is not None and origin in request.app[SETTINGS].cors_origins else None
 
 
-@web.middleware
-async def middleware(request: web.Request, handler) -> web.StreamResponse:
+def preflight(request: web.Request) -> web.Response | None:
+    """The answer to a CORS preflight (raises a 403 for an origin not
+    allowed), or None for any other request."""
     if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
-        return await handler(request)
+        return None
     origin = _allowed(request)
     if origin is None:
         raise Problem(403, "This origin may not call the API (CORS_ORIGINS)")
@@ -43,8 +44,10 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
     )
 
 
-async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: allow an allowed origin to read the response."""
+def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """When the response is prepared: allow an allowed origin to read it."""
+    if not request.app[SETTINGS].cors_origins:
+        return
     origin = _allowed(request)
     if origin is not None and "Access-Control-Allow-Origin" not in response.headers:
         response.headers["Access-Control-Allow-Origin"] = origin

@@ -1,4 +1,5 @@
-"""Request metrics: every request counted and timed by route template and status.
+"""Request metrics: every request counted and timed by route template and status
+(web/chain.py calls `start` and `finish` around each request).
 
 Label values are route templates, never raw paths (web/requestlog.py's
 route_of), and methods from a fixed set, so no input grows the number of
@@ -6,7 +7,6 @@ series. Streams are timed in
 their own histogram: their life is the listener's, not the server's speed.
 """
 
-import asyncio
 import time
 
 from aiohttp import web
@@ -26,30 +26,22 @@ def method_label(method: str) -> str:
     return method if method in METHODS else "other"
 
 
-@web.middleware
-async def middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Count and time every request by route template and status. Runs
-    outside the problems middleware, so errors arrive here as responses."""
-    metrics = request.app[METRICS]
+def start(request: web.Request) -> str:
+    """A request begins: counted in progress. Returns its route template,
+    which `finish` takes."""
     route = route_of(request)
-    started = time.perf_counter()
-    status = 500
-    metrics.in_progress.labels(route).inc()
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as error:  # redirects and the like
-        status = error.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away first (nginx's convention)
-        raise
-    finally:
-        metrics.in_progress.labels(route).dec()
-        metrics.requests.labels(method_label(request.method), route, str(status)).inc()
-        elapsed = time.perf_counter() - started
-        if route == STREAM_ROUTE:
-            metrics.stream_seconds.observe(elapsed)
-        else:
-            metrics.request_seconds.labels(route).observe(elapsed)
+    request.app[METRICS].in_progress_of(route).inc()
+    return route
+
+
+def finish(request: web.Request, route: str, started: float, status: int) -> None:
+    """The request is answered (or abandoned: 499) with `status`: counted and
+    timed from `started` (time.perf_counter())."""
+    metrics = request.app[METRICS]
+    metrics.in_progress_of(route).dec()
+    metrics.requests_of(method_label(request.method), route, str(status)).inc()
+    elapsed = time.perf_counter() - started
+    if route == STREAM_ROUTE:
+        metrics.stream_seconds.observe(elapsed)
+    else:
+        metrics.request_seconds_of(route).observe(elapsed)

@@ -5,7 +5,7 @@ A request body aiohttp cannot decode (not in the `Content-Encoding` it
 declares, say) is a 400 naming the body, whichever handler was reading it:
 answered here, so that no reader has to know how aiohttp reports it.
 
-The middleware also names what failed when the client did nothing wrong:
+`answer` also names what failed when the client did nothing wrong:
 the database (503 while unavailable, `clips_db_errors_total`), the media
 store (500, or 507 when the disk is full), anything else (500, logged with
 its traceback).
@@ -112,32 +112,33 @@ def _unreadable_body(request: web.Request, error: Exception) -> Problem:
     return Problem(400, f"The request body cannot be read: {reason}")
 
 
-@web.middleware
-async def middleware(request: web.Request, handler) -> web.StreamResponse:
+def answer(request: web.Request, error: Exception) -> web.StreamResponse:
+    """The response to an exception a handler (or a check before it) raised:
+    a Problem as itself, anything else as what failed. Raises `error` again
+    when it is no error at all (a redirect) for aiohttp to send.
+    web/chain.py calls it around every handler."""
     request_id = request.get(REQUEST_ID)
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem.response(request_id)
-    except web.HTTPException as error:
+    if isinstance(error, Problem):
+        return error.response(request_id)
+    if isinstance(error, web.HTTPException):
         if error.status < 400:
-            raise
+            raise error
         return _from_http_error(request, error).response(request_id)
-    except ConnectionResetError:
+    if isinstance(error, ConnectionResetError):
         # The client left (an aborted upload, say): nothing went wrong here and
         # nobody is left to read an answer; 499 tells the logs and metrics.
         return web.Response(status=499)
-    except DatabaseUnavailable as error:
+    if isinstance(error, DatabaseUnavailable):
         log.warning("database unavailable: %s %s: %s", request.method, request.path, error)
         request.app[METRICS].db_errors.labels(error.kind).inc()
         return Problem(
             503, "The database is unavailable; try again shortly", headers={"Retry-After": "2"}
         ).response(request_id)
-    except DatabaseError as error:
-        log.exception("database error: %s %s", request.method, request.path)
+    if isinstance(error, DatabaseError):
+        log.error("database error: %s %s", request.method, request.path, exc_info=error)
         request.app[METRICS].db_errors.labels(error.kind).inc()
         return Problem(500, "Internal error").response(request_id)
-    except StorageError as error:
+    if isinstance(error, StorageError):
         # Counted by the store itself (storage.MediaStore).
         log.error("storage failed: %s %s: %s", request.method, request.path, error)
         if error.full:
@@ -147,10 +148,9 @@ async def middleware(request: web.Request, handler) -> web.StreamResponse:
                 503, f"The media store is unavailable: {error}", headers={"Retry-After": "5"}
             ).response(request_id)
         return Problem(500, f"The media store failed: {error}").response(request_id)
-    except Exception as error:
-        if _body_unreadable(request, error):
-            response = _unreadable_body(request, error).response(request_id)
-            response.force_close()
-            return response
-        log.exception("unhandled error: %s %s", request.method, request.path)
-        return Problem(500, "Internal error").response(request_id)
+    if _body_unreadable(request, error):
+        response = _unreadable_body(request, error).response(request_id)
+        response.force_close()
+        return response
+    log.error("unhandled error: %s %s", request.method, request.path, exc_info=error)
+    return Problem(500, "Internal error").response(request_id)

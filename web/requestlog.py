@@ -8,8 +8,8 @@ log line.
 
 import json
 import logging
+import random
 import re
-import uuid
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -44,17 +44,32 @@ def route_of(request: web.BaseRequest) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-@web.middleware
-async def middleware(request: web.Request, handler) -> web.StreamResponse:
-    given = request.headers.get("X-Request-ID", "")
-    request[REQUEST_ID] = given if _VALID_ID.fullmatch(given) else uuid.uuid4().hex
-    return await handler(request)
+class RequestIds:
+    """Ids for requests that bring none: 128 random bits as 32 hex digits,
+    as uuid4().hex gave, from a generator seeded once from the system's
+    randomness. An id only has to be unique, not secret, and uuid4 asks the
+    kernel for fresh bytes on every request (measured: 10 µs, against
+    under 1 µs here). One per app, each seeded apart, so workers differ."""
+
+    def __init__(self) -> None:
+        self._random = random.Random()
+
+    def new(self) -> str:
+        return f"{self._random.getrandbits(128):032x}"
 
 
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response, streams included, carries the id."""
-    if REQUEST_ID in request:
-        response.headers["X-Request-ID"] = request[REQUEST_ID]
+REQUEST_IDS = web.AppKey("REQUEST_IDS", RequestIds)
+
+
+def assign_id(request: web.Request) -> str:
+    """The request's id: the client's X-Request-ID when it looks like one,
+    else a new one; kept in REQUEST_ID (web/chain.py calls this first)."""
+    given = request.headers.get("X-Request-ID")
+    if given and _VALID_ID.fullmatch(given):
+        request[REQUEST_ID] = given
+    else:
+        request[REQUEST_ID] = given = request.app[REQUEST_IDS].new()
+    return given
 
 
 # Routes polled by orchestrators and Prometheus every few seconds: their
@@ -84,6 +99,12 @@ class AccessLogger(AbstractAccessLogger):
     bytes (body bytes sent, see body_bytes), clip_id (the clip the request
     named, or the one a POST created), request_id; a field without a value
     is left out. LOG_FORMAT=json renders them as JSON."""
+
+    @property
+    def enabled(self) -> bool:
+        # aiohttp asks once per connection: below INFO (LOG_LEVEL=WARNING)
+        # no line is built, rather than built and then dropped.
+        return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         match_info = match_info_of(request)

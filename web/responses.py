@@ -9,6 +9,17 @@ import orjson
 from aiohttp import web
 
 
+def encode_json(body: object) -> bytes:
+    return orjson.dumps(body)
+
+
+def encoded_json_response(body: bytes, *, headers: dict[str, str] | None = None) -> web.Response:
+    """A 200 whose JSON body is encoded already (a kept page: web/pages.py)."""
+    return web.Response(
+        body=body, headers=headers, content_type="application/json", charset="utf-8"
+    )
+
+
 def json_response(
     body: object,
     *,
@@ -28,11 +39,5 @@ def json_response(
 # Headers no response goes without, whatever its route or status: browsers
 # take every Content-Type as sent, never sniffing a body (a problem that
 # quotes a path, say) into HTML. Streams add their own (streaming/headers.py).
+# Added when a response is prepared (web/chain.py's prepare_headers).
 EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff"}
-
-
-async def add_default_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response the app prepares, errors and
-    streams included."""
-    for name, value in EVERY_RESPONSE.items():
-        response.headers.setdefault(name, value)
