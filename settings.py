@@ -256,8 +256,19 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _endpoint_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
+        # Presigned URLs are built on it and handed to players in redirect
+        # mode: credentials in it would go to every listener (and aiohttp
+        # would send them as Basic auth in place of the request's signature).
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "must be a plain URL, without credentials (those go in"
+                " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), query or fragment"
+            )
         return value
 
     @model_validator(mode="after")

@@ -100,13 +100,19 @@ def revalidates(request: web.Request) -> bool:
 
 def conditions(request: web.Request) -> dict[str, str]:
     """The conditional headers passed to the origin, each as one line (the
-    client's lines combined; an If-Modified-Since sent twice is ignored).
-    If-Range is decided here (send_remote)."""
+    client's lines combined), read as `not_modified` reads them: only an
+    If-None-Match that lists entity tags, and If-Modified-Since only when
+    it is one valid date and there is no If-None-Match (RFC 9110
+    §13.1.3: a recipient ignores it then). A malformed one is ignored
+    here, as there, rather than sent on: an origin or a bucket may refuse
+    the request for it (moto answers 500), which the listener would read
+    as the origin failing. If-Range is decided here (send_remote)."""
     forwarded = {}
-    if (tags := field_value(request, "If-None-Match")) is not None:
-        forwarded["If-None-Match"] = tags
-    if (since := single_value(request, "If-Modified-Since")) is not None:
-        forwarded["If-Modified-Since"] = since
+    if (tags := entity_tags(request, "If-None-Match")) is not None:
+        if tags:
+            forwarded["If-None-Match"] = field_value(request, "If-None-Match")
+    elif modified_since(request) is not None:
+        forwarded["If-Modified-Since"] = single_value(request, "If-Modified-Since")
     return forwarded
 
 
