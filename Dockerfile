@@ -45,6 +45,7 @@ WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY server.py settings.py ./
 COPY handlers/ handlers/
+COPY jobs/ jobs/
 COPY web/ web/
 COPY streaming/ streaming/
 COPY storage/ storage/
@@ -56,7 +57,7 @@ COPY migrations/ migrations/
 COPY deploy/entrypoint.sh deploy/
 # Code stays root-owned and read-only to the app, compiled ahead of time;
 # only MEDIA_DIR (uploads, `python -m db.seed`) and CACHE_DIR are the app user's.
-RUN python -m compileall -q server.py settings.py handlers web streaming storage schemas metrics db \
+RUN python -m compileall -q server.py settings.py handlers jobs web streaming storage schemas metrics db \
     && mkdir media cache \
     && chown clips:clips media cache
 

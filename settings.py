@@ -49,6 +49,8 @@ ROLES = ("read", "write")
 # Validation context: API keys a copy keeps from the settings it came from.
 KEYS_READ = "api_key_entries"
 MIN_KEY_LENGTH = 16
+# Constant MP3 bitrates (kbit/s) LAME encodes at 44.1/48 kHz.
+PREVIEW_BITRATES = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 
 
 def parse_keys(text: str, source: str) -> list[tuple[str, str]]:
@@ -192,6 +194,32 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     # Bytes MEDIA_DIR's disk keeps free: an upload that would go below is 507.
     media_min_free_bytes: int = Field(256 * 1024 * 1024, alias="MEDIA_MIN_FREE_BYTES", ge=0)
 
+    # Previews and peaks, made by jobs in PostgreSQL (jobs/). Processes (per
+    # server process) running them; 0: this process runs none (an API-only
+    # replica), others do.
+    job_workers: int = Field(1, alias="JOB_WORKERS", ge=0, le=64)
+    # Seconds a claimed job stays claimed without renewal (renewed every
+    # third of it): a process killed mid-job has it claimed again after this.
+    job_lease_seconds: float = Field(30.0, alias="JOB_LEASE_SECONDS", ge=1)
+    # Seconds an idle runner waits before asking for due jobs again (a job
+    # queued by this process starts at once).
+    job_poll_seconds: float = Field(2.0, alias="JOB_POLL_SECONDS", gt=0)
+    # Attempts before a job fails for good; the n-th retry waits
+    # JOB_RETRY_SECONDS x 2^(n-1).
+    job_max_attempts: int = Field(3, alias="JOB_MAX_ATTEMPTS", ge=1, le=20)
+    job_retry_seconds: float = Field(10.0, alias="JOB_RETRY_SECONDS", ge=0)
+    # Time one job may take in its process; past it the process is killed.
+    job_timeout_seconds: float = Field(300.0, alias="JOB_TIMEOUT_SECONDS", gt=0)
+    # MP3 previews' constant bitrate, kbit/s (one of LAME's: PREVIEW_BITRATES).
+    preview_bitrate: int = Field(128, alias="PREVIEW_BITRATE")
+
+    @field_validator("preview_bitrate")
+    @classmethod
+    def _mp3_bitrate(cls, value: int) -> int:
+        if value not in PREVIEW_BITRATES:
+            raise ValueError(f"must be one of {', '.join(map(str, PREVIEW_BITRATES))} (kbit/s)")
+        return value
+
     # Where uploaded audio lives: "local" (MEDIA_DIR) or "s3" (a bucket;
     # MEDIA_DIR then holds only uploads being received). storage/s3.py.
     media_store: Literal["local", "s3"] = Field("local", alias="MEDIA_STORE")
@@ -228,8 +256,19 @@ class Settings(BaseModel, frozen=True, populate_by_name=True):
     @field_validator("s3_endpoint_url")
     @classmethod
     def _endpoint_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
             raise ValueError("must be an http:// or https:// URL")
+        # Presigned URLs are built on it and handed to players in redirect
+        # mode: credentials in it would go to every listener (and aiohttp
+        # would send them as Basic auth in place of the request's signature).
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ValueError(
+                "must be a plain URL, without credentials (those go in"
+                " AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), query or fragment"
+            )
         return value
 
     @model_validator(mode="after")

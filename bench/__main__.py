@@ -19,7 +19,7 @@ import aiohttp
 from bench import report, rig, service
 from bench.load import wrk_version
 from bench.options import OptionError, Options
-from bench.scenarios import Bench, api, memory, scaling, streams, ttfb
+from bench.scenarios import Bench, api, memory, previews, scaling, streams, ttfb
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -120,6 +120,7 @@ async def scenarios(bench: Bench) -> None:
         ("ttfb", "ttfb" in chosen, lambda: ttfb.run(bench)),
         ("memory", "memory" in chosen, lambda: memory.run(bench)),
         ("scaling", "scaling" in chosen, lambda: scaling.run(bench)),
+        ("previews", "previews" in chosen, lambda: previews.run(bench)),
     ]
     timings = bench.report.settings.setdefault("scenario_seconds", {})
     for name, wanted, step in steps:

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-SCENARIOS = ("api", "remote", "stored", "ttfb", "memory", "scaling")
+SCENARIOS = ("api", "remote", "stored", "ttfb", "memory", "scaling", "previews")
 
 
 class OptionError(ValueError):

@@ -69,7 +69,10 @@ async def create_clip(
     size_bytes: int | None = None,
     sha256: str | None = None,
     bitrate: int | None = None,
+    jobs: tuple[str, ...] = (),
 ) -> Row:
+    """Insert a clip and queue `jobs` for it ("preview", "peaks"; db/jobs.py)
+    in the same statement; returns its row."""
     return await conn.fetchrow(
         SQL["create_clip"],
         title,
@@ -82,6 +85,7 @@ async def create_clip(
         size_bytes,
         sha256,
         bitrate,
+        list(jobs),
     )
 
 
@@ -100,5 +104,6 @@ async def update_clip(
 @translated
 async def delete_clip(conn: Conn, clip_id: int, version: datetime) -> Row | None:
     """Delete the clip if its version is still `version`; returns its
-    media_path (None for remote audio), or no row."""
+    media_path (None for remote audio) and preview_path (None without a
+    ready preview), or no row. Its jobs and peaks go with it."""
     return await conn.fetchrow(SQL["delete_clip"], clip_id, version)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 
+from db import jobs
 from db.embedded import database
 from db.queries import SQL
 from settings import load_settings
@@ -153,6 +154,10 @@ async def seed(database_url: str, media_dir: Path, public_urls: bool = False) ->
                     "audio/mpeg",
                 )
                 added += int(status.split()[-1])
+        # Queued, not made here: the server's job runners make the previews
+        # and peaks within seconds of starting (`make run` starts it next),
+        # and a seed stays quick and needs no decoder of its own.
+        await jobs.queue_missing_jobs(conn)
     finally:
         await conn.close()
     return added

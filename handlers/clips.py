@@ -10,9 +10,20 @@ import yarl
 from aiohttp import web
 
 from db import POOL, clips
+from db import jobs as queue
 from db.clip_cache import CLIP_CACHE
 from db.clips import Row
-from schemas.clips import COLUMNS, Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
+from jobs import JOBS
+from schemas.clips import (
+    COLUMNS,
+    Clip,
+    ClipChanges,
+    ClipStats,
+    ListQuery,
+    NewClip,
+    Preview,
+    UploadForm,
+)
 from settings import SETTINGS
 from storage import MEDIA_STORE
 from streaming.bucket import BUCKET
@@ -55,7 +66,22 @@ class Renderer:
     def clip(self, row: Row) -> Clip:
         body = {name: row[name] for name in COLUMNS}
         body["stream_url"] = self.stream_url(row["id"])
+        body["preview"] = preview(row)
+        body["peaks_url"] = f"{self.base}/clips/{row['id']}/peaks"
         return body  # type: ignore[return-value]
+
+
+def preview(row: Row) -> Preview | None:
+    """The clip's preview as the API shows it (None: it has none)."""
+    if row["preview_status"] is None:
+        return None
+    return {
+        "status": row["preview_status"],
+        "content_type": row["preview_content_type"],
+        "size_bytes": row["preview_size_bytes"],
+        "bitrate": row["preview_bitrate"],
+        "reason": row["preview_error"],
+    }
 
 
 def etag(clip: Row) -> str:
@@ -149,6 +175,7 @@ async def create_clip(request: web.Request) -> web.Response:
         clip = await create_uploaded(request)
     else:
         clip = await create_remote(request)
+    request.app[JOBS].wake()  # its jobs were queued with it
     request.app[PAGE_CACHE].clear()
     request[CLIP_ID] = clip["id"]  # for its access-log line
     location = f"{base_url(request)}/clips/{clip['id']}"
@@ -181,6 +208,7 @@ async def create_remote(request: web.Request) -> Row:
         audio_url=new.audio_url,
         media_path=None,
         content_type=new.content_type or guess_audio_type(new.audio_url),
+        jobs=("peaks",),
     )
 
 
@@ -199,6 +227,7 @@ async def create_uploaded(request: web.Request) -> Row:
             size_bytes=upload.size_bytes,
             sha256=upload.sha256,
             bitrate=upload.bitrate,
+            jobs=("preview", "peaks"),
         )
         upload.keep()
     return clip
@@ -224,6 +253,9 @@ async def update_clip(request: web.Request) -> web.Response:
     request.app[CLIP_CACHE].forget(clip_id)
     if "audio_url" in changes and (cache := request.app.get(CACHE)) is not None:
         cache.drop(clip_id)  # the old audio is never served again
+    if changes.get("audio_url", clip["audio_url"]) != clip["audio_url"]:
+        await queue.queue_peaks(request.app[POOL], clip_id)  # other audio, other waveform
+        request.app[JOBS].wake()
     request.app[PAGE_CACHE].clear()
     return json_response(Renderer(request).clip(updated), headers={"ETag": etag(updated)})
 
@@ -240,10 +272,11 @@ async def delete_clip(request: web.Request) -> web.Response:
     if (cache := request.app.get(CACHE)) is not None:
         cache.drop(clip_id)
     request.app[PAGE_CACHE].clear()
-    if deleted["media_path"] is not None and BUCKET in request.app:
-        await request.app[BUCKET].delete(deleted["media_path"])
-    elif deleted["media_path"] is not None:
-        request.app[MEDIA_STORE].delete(deleted["media_path"])
+    for name in (deleted["media_path"], deleted["preview_path"]):
+        if name is not None and BUCKET in request.app:
+            await request.app[BUCKET].delete(name)
+        elif name is not None:
+            request.app[MEDIA_STORE].delete(name)
     return web.Response(status=204)
 
 

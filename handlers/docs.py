@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from schemas.clips import Clip, ClipChanges, ClipStats, ListQuery, NewClip, UploadForm
 from schemas.fields import BIGINT_MAX
+from schemas.peaks import Peaks, PeaksQuery
 from schemas.problems import Problem as ProblemBody
 from web.auth import STREAM_ROUTE
 from web.problems import Problem
@@ -59,6 +60,7 @@ SHAPES = {
     "ClipStats": ("serialization", ClipStats),
     "NewClip": ("validation", NewClip),
     "ClipChanges": ("validation", ClipChanges),
+    "Peaks": ("serialization", Peaks),
     "Problem": ("serialization", ProblemBody),
 }
 
@@ -164,6 +166,15 @@ AUDIO = {"schema": {"type": "string", "format": "binary"}}
 AUDIO_HEADERS = {
     name: {"schema": {"type": "string"}}
     for name in ("Content-Range", "Accept-Ranges", "ETag", "Last-Modified")
+}
+VARIANT = {
+    "name": "variant",
+    "in": "query",
+    "required": False,
+    "description": "A stored clip plays its MP3 preview once ready (`preview`, the default;"
+    " the original until then, or if it failed); `original` plays the upload as it came."
+    " Remote clips have only their original.",
+    "schema": {"type": "string", "enum": ["preview", "original"], "default": "preview"},
 }
 STREAM_REQUEST_HEADERS = [
     {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
@@ -310,7 +321,7 @@ def document() -> dict:
                     "tags": ["streams"],
                     "operationId": "streamClip",
                     "summary": "The clip's audio; Range and conditional requests supported",
-                    "parameters": [CLIP_ID, *STREAM_REQUEST_HEADERS],
+                    "parameters": [CLIP_ID, VARIANT, *STREAM_REQUEST_HEADERS],
                     "responses": {
                         "200": {
                             "description": "The whole audio",
@@ -331,6 +342,30 @@ def document() -> dict:
                         "502": problem(502),
                         "503": problem(503),
                         "504": problem(504),
+                    },
+                }
+            },
+            "/clips/{clip_id}/peaks": {
+                "get": {
+                    "tags": ["clips"],
+                    "operationId": "getClipPeaks",
+                    "summary": "The clip's waveform, in audiowaveform's JSON format (version 2)",
+                    "parameters": [CLIP_ID, *query_parameters(PeaksQuery)],
+                    "responses": {
+                        "200": {
+                            "description": "Min/max pairs per pixel; ETag names the"
+                            " computation and zoom (If-None-Match gets a 304)",
+                            "headers": {"ETag": {"schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": REFS["Peaks"]}},
+                        },
+                        "304": {"description": "Not modified"},
+                        "400": problem(400),
+                        "404": {
+                            **problem(404),
+                            "description": "No clip has that id, or its peaks are not computed"
+                            " yet (Retry-After) or could not be (the detail says why)",
+                        },
+                        "503": problem(503),
                     },
                 }
             },

@@ -44,6 +44,11 @@ API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 STREAM_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 DB_ERROR_KINDS = ("unavailable", "query", "play_write")
 STORAGE_OPERATIONS = ("read", "write", "delete")
+JOB_KINDS = ("preview", "peaks")
+# done; retried later; failed for good; released (given back at shutdown);
+# lost (its claim was taken over, or the outcome could not be written).
+JOB_OUTCOMES = ("done", "retried", "failed", "released", "lost")
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CACHE_RESULTS = ("hit", "miss", "coalesced", "revalidated", "stale", "bypass")
 # How often a worker writes its sampled gauges (tasks, pool) in multiprocess
 # mode: well under any scrape interval, and a few file writes each time.
@@ -187,6 +192,23 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.jobs = Counter(
+            "clips_jobs_total",
+            "Preview and peaks jobs ended, by kind and outcome",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "clips_job_duration_seconds",
+            "Time one job took, claim to outcome, by kind",
+            ["kind"],
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
+        for kind in JOB_KINDS:
+            self.job_seconds.labels(kind)
+            for outcome in JOB_OUTCOMES:
+                self.jobs.labels(kind, outcome)
         self.cache_requests = Counter(
             "clips_cache_requests_total",
             "Remote streams by what the cache of remote clips did (CACHE_MAX_BYTES > 0)",
@@ -211,6 +233,8 @@ class Metrics:
         self.streams_started_of = Children(self.streams_started)
         self.streams_ended_of = Children(self.streams_ended)
         self.stream_bytes_of = Children(self.stream_bytes)
+        self.cache_requests_of = Children(self.cache_requests)
+        self.upstream_requests_of = Children(self.upstream_requests)
         for reason in END_REASONS:
             self.streams_ended.labels(reason)
         for result in CACHE_RESULTS:

@@ -7,7 +7,7 @@ document is generated from these classes.
 """
 
 from datetime import date, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yarl
 from pydantic import (
@@ -52,7 +52,36 @@ CLIP_EXAMPLE = {
     "sha256": "1ba405076258a91e03c99dbe68e9a53623fb98887374f4c15425a62219474eb1",
     "bitrate": 352800,
     "stream_url": "http://127.0.0.1:8000/clips/1/stream",
+    "preview": {
+        "status": "ready",
+        "content_type": "audio/mpeg",
+        "size_bytes": 192470,
+        "bitrate": 64000,
+        "reason": None,
+    },
+    "peaks_url": "http://127.0.0.1:8000/clips/1/peaks",
 }
+
+PREVIEW_STATUSES = ("pending", "ready", "failed")
+
+
+class Preview(TypedDict):
+    """A stored clip's compressed preview (jobs/): what stream_url plays
+    once it is ready."""
+
+    status: Annotated[
+        Literal["pending", "ready", "failed"],
+        Field(
+            description="pending until its job ends; ready: stream_url plays it; failed:"
+            " stream_url plays the original (see reason)"
+        ),
+    ]
+    content_type: Annotated[ContentType | None, Field(description="Once ready")]
+    size_bytes: Annotated[int | None, Field(gt=0, description="Once ready")]
+    bitrate: Annotated[
+        int | None, Field(gt=0, le=INTEGER_MAX, description="Bits per second, once ready")
+    ]
+    reason: Annotated[str | None, Field(description="Why no preview could be made, when failed")]
 
 
 @with_config(ConfigDict(json_schema_extra={"examples": [CLIP_EXAMPLE]}))
@@ -82,13 +111,25 @@ class Clip(TypedDict):
         str,
         Field(
             json_schema_extra={"format": "uri"},
-            description="Where <audio> plays it; signed when API keys are set",
+            description="Where <audio> plays it (the preview once ready; add"
+            " `variant=original` for the original); signed when API keys are set",
+        ),
+    ]
+    preview: Annotated[
+        Preview | None,
+        Field(description="null for remote audio (and stored clips queued before previews)"),
+    ]
+    peaks_url: Annotated[
+        str,
+        Field(
+            json_schema_extra={"format": "uri"},
+            description="Its waveform (audiowaveform JSON); 404 until computed",
         ),
     ]
 
 
 # Fields computed per request rather than stored: the rest are columns.
-DERIVED = frozenset({"stream_url"})
+DERIVED = frozenset({"stream_url", "preview", "peaks_url"})
 COLUMNS = tuple(name for name in Clip.__annotations__ if name not in DERIVED)
 
 

@@ -43,11 +43,20 @@ LIMIT $5;
 
 -- name: create_clip
 -- Insert one clip and return it as get_clip does; $8-$10 (size, SHA-256,
--- bitrate) are known for uploaded audio only.
-INSERT INTO clips (title, description, genre, duration_seconds, audio_url, media_path,
-                   content_type, size_bytes, sha256, bitrate)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-RETURNING clips.*;
+-- bitrate) are known for uploaded audio only. $11 the jobs to queue for it
+-- in the same statement ('preview', 'peaks'): a clip never exists without
+-- them; with a preview job its preview is pending.
+WITH clip AS (
+    INSERT INTO clips (title, description, genre, duration_seconds, audio_url, media_path,
+                       content_type, size_bytes, sha256, bitrate, preview_status)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+            CASE WHEN 'preview' = ANY($11::text[]) THEN 'pending' END)
+    RETURNING clips.*
+), queued AS (
+    INSERT INTO jobs (kind, clip_id)
+    SELECT kind, clip.id FROM clip, unnest($11::text[]) AS kind
+)
+SELECT * FROM clip;
 
 -- name: get_clip_stats
 -- One clip with its plays per UTC day for the last 30 days (zeros included,
@@ -78,7 +87,8 @@ WHERE id = $1 AND updated_at = $8
 RETURNING clips.*;
 
 -- name: delete_clip
--- Delete one clip if its version still is $2; returns its stored file name.
+-- Delete one clip if its version still is $2; returns its stored file names
+-- (the original's and the preview's).
 DELETE FROM clips
 WHERE id = $1 AND updated_at = $2
-RETURNING id, media_path;
+RETURNING id, media_path, preview_path;

@@ -26,7 +26,6 @@ lifecycle rule that aborts incomplete multipart uploads after a day
 """
 
 import asyncio
-import io
 import logging
 import re
 import uuid
@@ -37,7 +36,9 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 import aiohttp
+import aiohttp.payload
 import yarl
+from aiohttp.abc import AbstractStreamWriter
 
 from storage import StorageError
 
@@ -57,6 +58,9 @@ PART_BYTES = 5 * 1024 * 1024
 REQUEST_SECONDS = 60.0
 # Longest a presigned URL may live (SigV4's limit is 7 days).
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+# What a request body is written in: the writer waits for the socket
+# between pieces, so a slow store holds back the sender, not more memory.
+SEND_BYTES = 256 * 1024
 # What an error answer's body may be read up to (S3's are a few hundred bytes).
 ERROR_BODY_BYTES = 4096
 
@@ -193,8 +197,7 @@ class Bucket:
                 self.session.request(
                     method,
                     yarl.URL(url, encoded=True),  # as signed: no re-encoding
-                    # A file-like body: aiohttp writes big bytes in pieces.
-                    data=io.BytesIO(body) if body else None,
+                    data=Body(body) if body else None,
                     headers=dict(signed.headers.items()),
                     allow_redirects=False,
                 ) as response,
@@ -265,6 +268,32 @@ class Bucket:
         return NewObject(self, name)
 
 
+class Body(aiohttp.payload.Payload):
+    """A request body sent from the bytes given, SEND_BYTES at a time, as
+    slices of a memoryview: no copy is made. (aiohttp's BytesIOPayload
+    copies the BytesIO's buffer when it measures it, so a 5 MiB part held
+    10 MiB while it was sent; its BytesPayload warns past 1 MiB.) It can be
+    sent twice: aiohttp sends an idempotent request again when a kept-alive
+    connection turns out closed."""
+
+    def __init__(self, value: bytes):
+        super().__init__(value, content_type="application/octet-stream")
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._value.decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)[:content_length]
+        for at in range(0, len(view), SEND_BYTES):
+            await writer.write(view[at : at + SEND_BYTES])
+
+
 def unescape(text: str) -> str:
     return (
         text.replace("&lt;", "<")
@@ -281,7 +310,11 @@ class NewObject:
     goes out; `write()` buffers up to PART_BYTES and sends each full part;
     `commit()` finishes it (one PUT when it never reached a part) and
     returns its name; `discard()` aborts an uncommitted multipart upload.
-    Raises StorageError, counted as "write"."""
+    `sent` turns true when the request that makes the object (the PUT, or
+    the multipart upload's completion) has gone out: from then on the
+    object may exist even if `commit()` raised, its answer lost (a dropped
+    connection, a timeout, the caller cancelled), so an owner that does not
+    keep it deletes it by name. Raises StorageError, counted as "write"."""
 
     def __init__(self, bucket: Bucket, name: str | None = None):
         self._bucket = bucket
@@ -291,6 +324,7 @@ class NewObject:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[str] = []
+        self.sent = False
         self.committed = False
 
     def name_as(self, extension: str, content_type: str) -> None:
@@ -344,22 +378,27 @@ class NewObject:
         if self._upload_id is None:
             if self.name is None:
                 self.name = f"{uuid.uuid4().hex}{self.extension}"
+            # The buffer goes before the object is sent: one copy held, not two.
+            data, self._buffer = bytes(self._buffer), bytearray()
+            self.sent = True
             await self._bucket.request(
                 "write",
                 self._action(),
                 "PUT",
                 self.name,
-                body=bytes(self._buffer),
+                body=data,
                 headers={"Content-Type": self.content_type},
             )
         else:
             if self._buffer or not self._parts:
-                await self._send_part(bytes(self._buffer))
+                data, self._buffer = bytes(self._buffer), bytearray()
+                await self._send_part(data)
             parts = "".join(
                 f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(tag)}</ETag></Part>"
                 for n, tag in enumerate(self._parts, start=1)
             )
             document = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+            self.sent = True
             _, _, body = await self._bucket.request(
                 "write",
                 self._action(),

@@ -27,6 +27,7 @@ from storage import StorageError
 from storage.s3 import Bucket, BucketConfig
 from streaming.plays import STREAM_SOURCE, longest_life
 from streaming.proxy import Origin, redirect_remote, send_remote
+from streaming.stored import stored_variant
 from streaming.upstream import UPSTREAM
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,14 @@ async def bucket_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-async def send_bucket(request: web.Request, bucket: Bucket, clip: Row) -> web.StreamResponse:
-    """The clip's object as the answer to `request` (or, in redirect mode,
-    a 302 to a presigned URL of it)."""
+async def send_bucket(
+    request: web.Request, bucket: Bucket, clip: Row, variant: str = "original"
+) -> web.StreamResponse:
+    """The clip's object (`variant`: streaming/stored.py stored_variant) as
+    the answer to `request` (or, in redirect mode, a 302 to a presigned URL
+    of it)."""
     request[STREAM_SOURCE] = "stored"
-    name = clip["media_path"]
+    name, _ = stored_variant(clip, variant)
     settings = request.app[SETTINGS]
     # SigV4 signs the method: a URL presigned for GET is refused for HEAD.
     if settings.stream_mode == "redirect":

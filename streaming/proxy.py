@@ -102,15 +102,20 @@ def revalidates(request: web.Request) -> bool:
 
 def conditions(request: web.Request) -> dict[str, str]:
     """The conditional headers passed to the origin, each as one line (the
-    client's lines combined; an If-Modified-Since sent twice, or that is
-    not a date, is ignored here and not passed on; a date is passed in
-    HTTP's own form: origins choke on dates this app reads, aiohttp's
-    static files with a 500 on a year past the platform's, an S3 store on
-    RFC 5322's `-0000` zone). If-Range is decided here (send_remote)."""
+    client's lines combined), read as `not_modified` reads them: only an
+    If-None-Match that lists entity tags, and If-Modified-Since only when
+    it is one valid date and there is no If-None-Match (RFC 9110
+    §13.1.3: a recipient ignores it then). A malformed one is ignored
+    here, as there, rather than sent on: an origin or a bucket may refuse
+    the request for it (moto answers 500), which the listener would read
+    as the origin failing; a valid date goes in HTTP's own form, since
+    origins choke on forms this app reads (an S3 store on RFC 5322's
+    `-0000` zone). If-Range is decided here (send_remote)."""
     forwarded = {}
-    if (tags := field_value(request, "If-None-Match")) is not None:
-        forwarded["If-None-Match"] = tags
-    if (since := modified_since(request)) is not None:
+    if (tags := entity_tags(request, "If-None-Match")) is not None:
+        if tags:
+            forwarded["If-None-Match"] = field_value(request, "If-None-Match")
+    elif (since := modified_since(request)) is not None:
         forwarded["If-Modified-Since"] = format_datetime(since.astimezone(UTC), usegmt=True)
     return forwarded
 
@@ -197,7 +202,7 @@ async def send_remote(
         with upstream.slot():
             return await send_from_origin(request, clip, origin, headers)
     except UpstreamBusy as busy:
-        request.app[METRICS].upstream_requests.labels("busy").inc()
+        request.app[METRICS].upstream_requests_of("busy").inc()
         raise Problem(
             503,
             f"The server is at its limit of audio origin connections ({busy}): try again shortly",
@@ -286,16 +291,16 @@ async def send_cached(
       which answers it at once) and for clips whose origin recently sent
       what may not be stored (`bypass`).
     """
-    results = request.app[METRICS].cache_requests
+    results = request.app[METRICS].cache_requests_of
     key = cache.key(clip["id"], origin.identity)
     entry = cache.lookup(key)
     if entry is not None and entry.fresh():
         if (sent := await send_entry(request, cache, entry, clip)) is not None:
-            results.labels("hit").inc()
+            results("hit").inc()
             return sent
         entry = None
     if request.method != "GET":
-        results.labels("bypass").inc()
+        results("bypass").inc()
         return None
     if (pending := cache.pending.get(key)) is not None:
         try:
@@ -306,13 +311,13 @@ async def send_cached(
             return await send_kept(request, cache, cache.lookup(key), clip, verdict)
         if isinstance(verdict, Fill):
             return await join(request, clip, verdict)
-        results.labels("bypass").inc()
+        results("bypass").inc()
         return None
     if (fill := cache.fills.get(key)) is not None:
         return await join(request, clip, fill)
     wanted = request[STREAM_RANGE]
     if entry is None and ((wanted is not None and not wanted.from_start) or cache.refuses(key)):
-        results.labels("bypass").inc()
+        results("bypass").inc()
         return None
     return await fill_from_origin(request, clip, origin, cache, key, entry)
 
@@ -322,13 +327,13 @@ async def send_kept(
 ) -> web.StreamResponse | None:
     """An entry just revalidated, or stale and served while its origin fails."""
     sent = None if entry is None else await send_entry(request, cache, entry, clip)
-    request.app[METRICS].cache_requests.labels(result if sent is not None else "bypass").inc()
+    request.app[METRICS].cache_requests_of(result if sent is not None else "bypass").inc()
     return sent
 
 
 async def join(request: web.Request, clip: Row, fill: Fill) -> web.StreamResponse | None:
     """A listener arriving during a fill: served from its file."""
-    results = request.app[METRICS].cache_requests
+    results = request.app[METRICS].cache_requests_of
     wanted = request[STREAM_RANGE]
     if wanted is not None and not fill.done:
         try:
@@ -336,10 +341,10 @@ async def join(request: web.Request, clip: Row, fill: Fill) -> web.StreamRespons
         except Problem:
             offset = 0  # a 416, told from the fill's size as from the origin's
         if offset > fill.written:
-            results.labels("bypass").inc()
+            results("bypass").inc()
             return None
     sent = await send_filling(request, fill, clip)
-    results.labels("coalesced" if sent is not None else "bypass").inc()
+    results("coalesced" if sent is not None else "bypass").inc()
     return sent
 
 
@@ -354,7 +359,7 @@ async def fill_from_origin(
     refreshes the entry (`revalidated`); an origin that fails leaves a stale
     entry served (`stale`, see streaming/cache.py). Listeners arriving
     meanwhile wait for the verdict."""
-    results = request.app[METRICS].cache_requests
+    results = request.app[METRICS].cache_requests_of
     verdict: asyncio.Future = asyncio.get_running_loop().create_future()
     verdict.add_done_callback(lambda f: f.cancelled() or f.exception())
     cache.pending[key] = verdict
@@ -395,7 +400,7 @@ async def fill_from_origin(
                         cache.refuse(key)
                         cache.drop_key(key)
                         decide(PASS)
-                        results.labels("bypass").inc()
+                        results("bypass").inc()
                         return await send_answer(request, clip, answer, part)
                     settings = request.app[SETTINGS]
                     chunk_bytes = request.app[UPSTREAM].buffer_bytes
@@ -405,7 +410,7 @@ async def fill_from_origin(
                         # The fills in flight hold the bound: this one is
                         # piped, and the next listener may fill it.
                         decide(PASS)
-                        results.labels("bypass").inc()
+                        results("bypass").inc()
                         return await send_answer(request, clip, answer, part, first)
                     try:
                         fill = Fill(cache, new, first)
@@ -413,7 +418,7 @@ async def fill_from_origin(
                         cache.release(size)
                         log.warning("clip %s: cache cannot fill: %s", clip["id"], error)
                         decide(PASS)
-                        results.labels("bypass").inc()
+                        results("bypass").inc()
                         return await send_answer(request, clip, answer, part, first)
                     life = longest_life(settings, clip)
                     cache.start(fill, answer, held.pop_all(), chunk_bytes, life)
@@ -440,10 +445,10 @@ async def fill_from_origin(
     if verdict.result() in (REVALIDATED, STALE):
         return await send_kept(request, cache, entry, clip, verdict.result())
     if verdict.result() == PASS:
-        results.labels("bypass").inc()
+        results("bypass").inc()
         return None
     sent = await send_filling(request, verdict.result(), clip)
-    results.labels("miss" if sent is not None else "bypass").inc()
+    results("miss" if sent is not None else "bypass").inc()
     return sent
 
 
@@ -517,11 +522,11 @@ async def open_origin(
     try:
         answer = await upstream.open(request.method, origin.url, headers, trusted=origin.trusted)
     except UpstreamRefused as refused:
-        metrics.upstream_requests.labels("refused").inc()
+        metrics.upstream_requests_of("refused").inc()
         raise OriginFailed(502, f"is refused: {refused}") from None
     except (TimeoutError, aiohttp.ClientError) as error:
         timeout = isinstance(error, TimeoutError)
-        metrics.upstream_requests.labels("timeout" if timeout else "connect_error").inc()
+        metrics.upstream_requests_of("timeout" if timeout else "connect_error").inc()
         if origin.trusted:
             metrics.storage_errors.labels("read").inc()
             raise StorageError(
@@ -529,7 +534,7 @@ async def open_origin(
             ) from None
         raise OriginFailed(504 if timeout else 502, failure(error)) from None
     metrics.upstream_ttfb.observe(time.perf_counter() - started)
-    metrics.upstream_requests.labels(
+    metrics.upstream_requests_of(
         f"{answer.status // 100}xx" if answer.status >= 400 else "ok"
     ).inc()
     if origin.trusted and answer.status >= 400:

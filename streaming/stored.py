@@ -142,16 +142,30 @@ class StoredFile:
         await loop.sendfile(request.transport, self.file, self.offset + sent, self.count - sent)
 
 
-async def send_stored(request: web.Request, store: MediaStore, clip: Row) -> web.StreamResponse:
-    """The clip's stored file as the answer to `request`, tracked as a
-    stream: dropped when the listener accepts nothing for STREAM_SEND_TIMEOUT
-    (`send_timeout`) or outlives the clip's longest life (`timeout`). A file
-    that is not there is a 404; one that cannot be read, a storage 500."""
+def stored_variant(clip: Row, variant: str) -> tuple[str, str]:
+    """(file name, content type) of what a stream of a stored clip sends:
+    its preview once ready, unless `variant` is "original"; else the
+    original. Range, validators, the longest life and the play rule are
+    the same whichever it is."""
+    if variant != "original" and clip["preview_status"] == "ready":
+        return clip["preview_path"], clip["preview_content_type"]
+    return clip["media_path"], clip["content_type"]
+
+
+async def send_stored(
+    request: web.Request, store: MediaStore, clip: Row, variant: str = "original"
+) -> web.StreamResponse:
+    """The clip's stored file (`variant`: see stored_variant) as the answer
+    to `request`, tracked as a stream: dropped when the listener accepts
+    nothing for STREAM_SEND_TIMEOUT (`send_timeout`) or outlives the clip's
+    longest life (`timeout`). A file that is not there is a 404; one that
+    cannot be read, a storage 500."""
     request[STREAM_SOURCE] = "stored"
-    file = store.open(clip["media_path"])
+    name, content_type = stored_variant(clip, variant)
+    file = store.open(name)
     if file is None:
         raise Problem(404, "The clip's audio file is missing")
-    with StoredFile(request, file, clip["content_type"]) as stored:
+    with StoredFile(request, file, content_type) as stored:
         await send_file(request, stored, clip)
     return stored.response
 

@@ -5,8 +5,9 @@ our own, is hashed and measured on the way, and must stop at
 MAX_UPLOAD_BYTES (413; a Content-Length past it and FORM_ALLOWANCE is 413
 before anything is read). Its format is read from its bytes, not its name or
 declared type (415 for anything but MP3, AAC/M4A, Ogg Vorbis/Opus, WAV and
-FLAC), and mutagen reads duration and bitrate from it in a worker process
-(streaming/audio.py; 422 when it cannot, or not within UPLOAD_PARSE_SECONDS).
+FLAC, as soon as its first bytes arrive), and mutagen reads duration and
+bitrate from it in a worker process (streaming/audio.py; 422 when it
+cannot, or not within UPLOAD_PARSE_SECONDS).
 `receive` is a context manager: unless the caller keeps the upload, the file
 is removed however the request ends, a client abort included. A failing
 disk raises storage.StorageError (a 500 or 507 naming storage).
@@ -61,6 +62,7 @@ MAX_PARTS = 16
 # FIELD_MAX_BYTES, part headers and boundaries. A body declaring more than
 # MAX_UPLOAD_BYTES plus this cannot be an upload we would keep.
 FORM_ALLOWANCE = 64 * 1024
+NOT_AUDIO = "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
 # Seconds a client refused for being one upload too many is told to wait.
 RETRY_AFTER = "5"
 
@@ -182,14 +184,21 @@ class Uploads:
             await asyncio.shield(self._discard(upload, objects))
 
     async def _discard(self, upload: Upload, objects: list["NewObject"]) -> None:
-        """Remove what an upload left that is not kept."""
+        """Remove what an upload left that is not kept: its multipart upload,
+        and its object once the request making it went out, whether or not
+        an answer came back (`NewObject.sent`): a commit whose answer was
+        lost may have made an object no row names and no lifecycle rule
+        removes."""
         for new in objects:
             await new.discard()
-        if upload.name is not None and not upload.kept:
-            if self.bucket is not None:
-                await self.bucket.delete(upload.name)
-            else:
-                self.store.delete(upload.name)
+        if upload.kept:
+            return
+        if self.bucket is not None:
+            for new in objects:
+                if new.sent and new.name is not None:
+                    await self.bucket.delete(new.name)
+        elif upload.name is not None:
+            self.store.delete(upload.name)
 
     async def _within_idle(self, read: Awaitable[T]) -> T:
         """`read`, or a 408 when it does not complete within the idle limit."""
@@ -216,6 +225,11 @@ class Uploads:
                 raise Problem(413, f"The audio file is over MAX_UPLOAD_BYTES ({self.limit} bytes)")
             if len(head) < 64:
                 head += chunk[: 64 - len(head)]
+                if sniff(head) is None:
+                    # The first chunk holds the whole head (_read_chunk):
+                    # refused now, before the rest reaches the disk or the
+                    # bucket (a 50 MiB file would go up as ten parts).
+                    raise Problem(415, NOT_AUDIO)
             digest.update(chunk)
             out.write(chunk)
             if sent is not None:
@@ -287,10 +301,8 @@ class Uploads:
         if head is None:
             raise Problem(400, f"Attach the audio as a file in the form field {FILE_FIELD!r}")
         kind = sniff(head)
-        if kind is None:
-            raise Problem(
-                415, "The file is not audio this service accepts (MP3, AAC/M4A, Ogg, WAV, FLAC)"
-            )
+        if kind is None:  # an empty file
+            raise Problem(415, NOT_AUDIO)
         received = files[0]
         received.touch()
         try:

@@ -175,6 +175,9 @@ def settings(database_url, media_dir, tmp_path, cache_max_bytes, bucket) -> Sett
         UPSTREAM_HEADERS_TIMEOUT=1.0,
         UPSTREAM_READ_TIMEOUT=1.0,
         UPSTREAM_CONNECT_TIMEOUT=1.0,
+        # Jobs run only where a test asks for them (tests/test_previews.py):
+        # elsewhere an upload's preview would replace the original it streams.
+        JOB_WORKERS=0,
         # Many tests change the catalogue behind the app's back (seeds, SQL,
         # a dropped database) and read it at once; tests/test_pages.py
         # turns the kept pages on.

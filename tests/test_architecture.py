@@ -5,6 +5,7 @@ below it, and never from a sibling on its own row:
 
     server                      assembly and entry point
     handlers                    HTTP routes
+    jobs                        previews and peaks, made from a queue in PostgreSQL
     streaming                   the byte path
     web                         what wraps every request
     storage | metrics | schemas media at rest, Prometheus, API shapes
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = (
     ("server",),
     ("handlers",),
+    ("jobs",),
     ("streaming",),
     ("web",),
     ("storage", "metrics", "schemas"),

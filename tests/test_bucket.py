@@ -8,10 +8,13 @@ test_partial_uploads.py, test_streams.py and test_clips.py."""
 
 import asyncio
 import io
+import tracemalloc
 import wave
 
 import aiohttp
 import pytest
+import yarl
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from db import POOL
@@ -19,8 +22,9 @@ from db.plays import PLAYS
 from server import SERVER_OPTIONS, create_app
 from settings import Settings
 from storage import StorageError
-from storage.s3 import PART_BYTES
+from storage.s3 import PART_BYTES, Bucket, BucketConfig
 from tests.buckets import TestBucket, signing_user, start_s3_server
+from tests.replicas import replicas
 from tests.scrape import metric, scrape
 from tests.support import (
     MP3,
@@ -222,3 +226,157 @@ async def test_requests_are_signed_as_a_checking_store_expects(
     assert bucket.names() == set()
     wrong = settings.changed({**names, "aws_secret_access_key": "not-the-secret"})
     assert "access was denied" in str(await refused_start(wrong))
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_malformed_conditions_are_ignored_not_sent_to_the_bucket(
+    client, make_clip, bucket, method
+):
+    """RFC 9110 §13.1.3: an If-Modified-Since that is not a date is
+    ignored. Sent on as it came, a store may refuse the request (moto
+    answers 500), which the listener would read as the store failing."""
+    clip_id = await make_clip(media_path="small.mp3")
+    for condition in ({"If-Modified-Since": "garbage"}, {"If-None-Match": "not-a-tag"}):
+        response = await client.request(method, f"/clips/{clip_id}/stream", headers=condition)
+        assert response.status == 200, (condition, await response.text())
+        if method == "GET":
+            assert await response.read() == bucket.get("small.mp3")
+    text = await scrape(client)
+    assert metric(text, "clips_storage_errors_total", operation="read") == 0
+
+
+class Front:
+    """A loopback front for the bucket's endpoint: every request is passed
+    on and answered with the store's answer. Every PUT (an object or a
+    part) is noted in `held` with the memory Python holds as it arrives
+    (tracemalloc's, when tracing). A commit (the one PUT of a whole object,
+    or the POST completing a multipart upload) is noted in `commits`; with
+    `drop`, it is done by the store, then the
+    connection is dropped unanswered, as a load balancer's timeout or a
+    network cut after the store acted would."""
+
+    def __init__(self, endpoint: str, drop: bool = False):
+        self.endpoint, self.drop = endpoint, drop
+        self.commits: list[str] = []
+        self.held: list[int] = []
+        self.session = aiohttp.ClientSession(auto_decompress=False)
+        self.app = web.Application(client_max_size=2 * PART_BYTES)
+        self.app.router.add_route("*", "/{tail:.*}", self.forward)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        commit = (request.method == "PUT" and not query) or (
+            request.method == "POST" and "uploadId" in query
+        )
+        if request.method == "PUT":  # before its body is read here
+            self.held.append(tracemalloc.get_traced_memory()[0])
+        if commit:
+            self.commits.append(request.method)
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in ("host", "content-length", "transfer-encoding")
+        }
+        async with self.session.request(
+            request.method,
+            yarl.URL(self.endpoint + request.raw_path, encoded=True),
+            headers=headers,
+            data=io.BytesIO(await request.read()),
+        ) as answer:
+            body = await answer.read()
+        if commit and self.drop and answer.status == 200:
+            assert request.transport is not None
+            request.transport.close()  # done by the store; its answer lost
+        return web.Response(status=answer.status, body=body, headers=answer.headers)
+
+
+@pytest.fixture
+async def front(aiohttp_server, bucket):
+    """The Front of the test's bucket, and its URL."""
+    made = Front(bucket.endpoint)
+    server = await aiohttp_server(made.app)
+    yield made, str(server.make_url("")).rstrip("/")
+    await made.session.close()
+
+
+@pytest.mark.parametrize("size", ["one PUT", "multipart"])
+async def test_an_object_whose_commit_answer_is_lost_is_removed(
+    settings, make_client, bucket, front, size
+):
+    """The store made the object, the app never heard so: no row names it,
+    so it goes (no lifecycle rule removes a complete object)."""
+    front, endpoint = front
+    front.drop = True
+    client = await make_client(settings.changed({"s3_endpoint_url": endpoint}))
+    before = bucket.names()
+    audio, filename = (MP3, "song.mp3") if size == "one PUT" else (BIG, "long.wav")
+    response = await client.post("/clips", data=upload_form(io.BytesIO(audio), filename))
+    assert "the endpoint could not be reached" in (await read_problem(response, 503))["detail"]
+    # (aiohttp's client sends an idempotent PUT again once when its
+    # keep-alive connection drops: both are dropped.)
+    assert set(front.commits) == {"PUT" if size == "one PUT" else "POST"}
+    assert (bucket.names(), bucket.uploads()) == (before, set())
+    assert await clip_count(client.server.app[POOL]) == 0
+
+
+@pytest.mark.parametrize("size", ["one PUT", "multipart"])
+async def test_an_upload_holds_one_copy_of_a_part_while_it_is_sent(bucket, front, size):
+    """README: each upload holds at most 5 MiB of memory. Each part (or the
+    whole object, below a part) is sent from one copy: the buffer it was
+    gathered in is let go before the request goes out, and the request
+    body is not copied again."""
+    front, endpoint = front
+    audio = long_wav(PART_BYTES - 100_000) if size == "one PUT" else BIG
+    config = BucketConfig(bucket.name, endpoint_url=endpoint, prefix=bucket.prefix)
+    async with aiohttp.ClientSession() as session:
+        new = Bucket(config, session).create()
+        new.name_as(".wav", "audio/wav")
+        tracemalloc.start()
+        try:
+            for at in range(0, len(audio), 64 * 1024):
+                await new.write(audio[at : at + 64 * 1024])
+            name = await new.commit()
+        finally:
+            tracemalloc.stop()
+    assert bucket.get(name) == audio
+    assert len(front.held) == (1 if size == "one PUT" else 3)
+    held = max(front.held)
+    assert held < 1.5 * PART_BYTES, f"{held / 2**20:.1f} MiB held while a part was sent"
+
+
+async def test_a_file_that_is_not_audio_is_refused_before_it_reaches_the_bucket(
+    settings, make_client, bucket, front
+):
+    """Its first bytes tell: none of its 12 MiB goes up (two parts, else)."""
+    front, endpoint = front
+    client = await make_client(settings.changed({"s3_endpoint_url": endpoint}))
+    noise = bytes(range(7, 256)) * (12 * 2**20 // 249)
+    response = await client.post("/clips", data=upload_form(io.BytesIO(noise), "noise.mp3"))
+    assert "not audio" in (await read_problem(response, 415))["detail"]
+    assert (front.held, bucket.uploads()) == ([], set())
+    assert await clip_count(client.server.app[POOL]) == 0
+
+
+async def test_debug_logs_hold_no_signature_nor_session_token(
+    database_url, make_clip, bucket, tmp_path_factory
+):
+    """README: the credentials never appear in logs. With LOG_LEVEL=DEBUG,
+    botocore's signer logs each canonical request (a session token in it)
+    and its signature, from which a presigned URL could be rebuilt."""
+    token = "session-token-that-must-stay-out-of-logs"
+    clip_id = await make_clip(media_path="small.mp3")
+    env = {**bucket.settings(), "LOG_LEVEL": "DEBUG", "AWS_SESSION_TOKEN": token}
+    async with (
+        # A short directory: the upload readers' forkserver socket lives in it.
+        replicas(database_url, tmp_path_factory.mktemp("log"), count=1, **env) as (server,),
+        aiohttp.ClientSession() as session,
+    ):
+        form = upload_form(io.BytesIO(MP3))
+        async with session.post(server.url("/clips"), data=form) as response:
+            assert response.status == 201, await response.text()
+        async with session.get(server.url(f"/clips/{clip_id}/stream")) as response:
+            assert await response.read() == bucket.get("small.mp3")
+    output = server.output()
+    assert " DEBUG " in output  # the level is on
+    assert token not in output
+    assert "Signature" not in output

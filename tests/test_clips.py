@@ -32,6 +32,9 @@ CLIP_FIELDS = {
     "size_bytes",
     "sha256",
     "bitrate",
+    # The preview stream_url plays (null for remote audio) and the waveform.
+    "preview",
+    "peaks_url",
 }
 LINK_NEXT = re.compile(r'^<([^>]+)>; rel="next"$')
 
@@ -277,6 +280,8 @@ async def test_show_returns_every_field_of_the_clip(client, remote, audio_url):
         "sha256": None,
         "bitrate": None,
         "stream_url": str(client.make_url(f"/clips/{clip_id}/stream")),
+        "preview": None,
+        "peaks_url": str(client.make_url(f"/clips/{clip_id}/peaks")),
     }
 
 

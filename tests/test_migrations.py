@@ -8,7 +8,7 @@ import pytest
 
 from db import migrate
 
-TABLES = ("clips", "clip_plays_daily")
+TABLES = ("clips", "clip_plays_daily", "jobs", "clip_peaks")
 
 
 async def schema(url: str) -> tuple[set[str], set[str]]:

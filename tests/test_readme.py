@@ -56,7 +56,7 @@ def table_rows(text: str, header: str) -> list[list[str]]:
 def test_the_readmes_figures_are_the_results_files():
     """Figures quoted in prose come from a committed results file, so they
     cannot drift from it (a new run means a new file and new figures)."""
-    bench = json.loads((ROOT / "bench/results/2026-11-26-final-2core.json").read_text())
+    bench = json.loads((ROOT / "bench/results/2026-11-30-full-2core.json").read_text())
     rows = {row["scenario"]: row for row in bench["rows"]}
     readme = table_rows((ROOT / "README.md").read_text(), "| Scenario | req/s |")
     quoted = {cells[0]: cells for cells in readme}
@@ -69,10 +69,22 @@ def test_the_readmes_figures_are_the_results_files():
         row = rows[scenario]
         assert quoted[label][1] == f"{row['rps']:,.0f}", label
         assert quoted[label][2] == f"{row['p50_ms']:.1f} / {row['p99_ms']:.1f}", label
-    for source in ("stored", "remote"):
-        cells = quoted[f"500 KiB {source} clip c1 / c16 / c64 / c256"]
+    for source, label in (
+        ("stored", "500 KiB stored clip c1 / c16 / c64 / c256"),
+        ("remote", "500 KiB remote clip, cached, c1 / c16 / c64 / c256"),
+    ):
         levels = [rows[f"{source} c{n}"] for n in (1, 16, 64, 256)]
-        assert cells[1] == " / ".join(f"{r['rps']:,.0f}" for r in levels), source
+        assert quoted[label][1] == " / ".join(f"{r['rps']:,.0f}" for r in levels), source
+        ratios = " / ".join(f"{r['ratio']:.2f}" for r in levels)
+        assert quoted[label][3].startswith(ratios), source
+    for label, scenario in [
+        ("500 KiB remote clip, cache off, c64", "remote cache off c64"),
+        ("500 KiB remote clip on an HTTPS origin, cached, c64", "https remote c64"),
+    ]:
+        assert quoted[label][1] == f"{rows[scenario]['rps']:,.0f}", label
+        assert (
+            quoted[label][2] == f"{rows[scenario]['p50_ms']:.1f} / {rows[scenario]['p99_ms']:.1f}"
+        )
 
     soak = json.loads((ROOT / "bench/results/soak-latest.json").read_text())["summary"]
     series = {

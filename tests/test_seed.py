@@ -12,6 +12,7 @@ import mutagen
 
 from db.seed import DEMOS, PUBLIC, seed
 from settings import ROOT
+from tests.support import wait_until
 
 
 async def test_seed_adds_six_playable_clips_once(database_url, tmp_path, client):
@@ -95,3 +96,22 @@ async def test_seed_command_says_in_one_line_when_the_database_is_unreachable(tm
     assert len(lines) == 1, lines
     assert lines[0].startswith("seed failed: ")
     assert "127.0.0.1" in lines[0]
+
+
+async def test_the_demo_clips_get_previews_and_peaks(database_url, settings, make_client):
+    """The seed queues their jobs; a server running jobs makes them: each
+    demo clip then plays a preview a fifth of its WAV's size, and has peaks."""
+    await seed(database_url, settings.media_dir)
+    client = await make_client(settings.changed({"job_workers": 1, "job_poll_seconds": 0.2}))
+
+    async def all_ready():
+        clips = await (await client.get("/clips")).json()
+        return clips if all(c["preview"]["status"] == "ready" for c in clips) else None
+
+    clips = await wait_until(all_ready, "every demo preview", seconds=60, interval=0.2)
+    assert len(clips) == len(DEMOS)
+    for clip in clips:
+        assert clip["preview"]["size_bytes"] < clip["size_bytes"] / 5
+        peaks = await client.session.get(clip["peaks_url"])
+        assert peaks.status == 200
+        assert (await peaks.json())["length"] > 0

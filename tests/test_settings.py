@@ -41,6 +41,8 @@ SERVER_CASES = [
     ({"DATABASE_URL": "mysql://clips:hunter2@db/clips"}, ["DATABASE_URL"]),
     ({"DATABASE_URL": "postgresql://clips:hunter2@db:notaport/clips"}, ["DATABASE_URL"]),
     ({"DATABASE_URL": "postgresql://clips:hunter2@db:99999/clips"}, ["DATABASE_URL"]),
+    ({"S3_ENDPOINT_URL": "http://minio:hunter2@minio:9000"}, ["S3_ENDPOINT_URL"]),
+    ({"S3_ENDPOINT_URL": "https://store.example?token=hunter2"}, ["S3_ENDPOINT_URL"]),
     (
         {"PORT": "abc", "DB_POOL_MAX": "0", "LOG_LEVEL": "LOUD"},
         ["PORT", "DB_POOL_MAX", "LOG_LEVEL"],

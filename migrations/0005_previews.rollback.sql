@@ -1,0 +1,9 @@
+DROP TABLE clip_peaks;
+DROP TABLE jobs;
+ALTER TABLE clips
+    DROP COLUMN preview_status,
+    DROP COLUMN preview_path,
+    DROP COLUMN preview_content_type,
+    DROP COLUMN preview_size_bytes,
+    DROP COLUMN preview_bitrate,
+    DROP COLUMN preview_error;

@@ -1,0 +1,280 @@
+"""Light previews and waveform peaks, made by jobs against the real app and
+PostgreSQL: an uploaded WAV gets an MP3 preview that stream_url plays (the
+original stays one `?variant=original` away, byte for byte), every clip
+gets audiowaveform peaks (remote ones fetched once from their origin), and
+a file that cannot be decoded fails its preview with a reason while the
+clip keeps playing.
+"""
+
+import array
+import io
+import math
+import os
+import struct
+import wave
+
+import mutagen
+import pytest
+from aiohttp import web
+
+from db import jobs as queue
+from tests.support import PROBLEM, read_problem, upload_form, wait_until
+
+SECONDS = 20.0
+RATE = 44100
+
+
+def stereo_wav(seconds: float = SECONDS, rate: int = RATE) -> bytes:
+    """A 16-bit stereo WAV: a tone whose loudness swells and fades each
+    second (so its waveform has a shape), different in each channel."""
+    frames = int(seconds * rate)
+    samples = array.array("h", bytes(4 * frames))
+    for n in range(frames):
+        t = n / rate
+        swell = 0.2 + 0.8 * abs(math.sin(math.pi * t))
+        samples[2 * n] = int(12000 * swell * math.sin(2 * math.pi * 220 * t))
+        samples[2 * n + 1] = int(9000 * swell * math.sin(2 * math.pi * 330 * t))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as audio:
+        audio.setnchannels(2)
+        audio.setsampwidth(2)
+        audio.setframerate(rate)
+        audio.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+def forged_flac(seconds: int = 5, rate: int = RATE) -> bytes:
+    """A FLAC whose header (STREAMINFO) is sound, so the upload accepts it,
+    and whose frames are noise: no decoder gets audio out of it."""
+    packed = (rate << 44) | (1 << 41) | (15 << 36) | (rate * seconds)  # stereo, 16-bit
+    info = struct.pack(">HH", 4096, 4096) + bytes(6) + packed.to_bytes(8, "big") + bytes(16)
+    return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info + os.urandom(200_000)
+
+
+@pytest.fixture(scope="module")
+def wav() -> bytes:
+    return stereo_wav()
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.changed({"job_workers": 1, "job_poll_seconds": 0.2})
+
+
+async def clip_when(client, clip_id: int, done, what: str) -> dict:
+    """The clip's JSON once `done(clip)` holds (a job ended), within 30 s."""
+
+    async def clip():
+        body = await (await client.get(f"/clips/{clip_id}")).json()
+        return body if done(body) else None
+
+    return await wait_until(clip, what, seconds=30, interval=0.1)
+
+
+async def upload(client, audio: bytes, filename: str) -> dict:
+    response = await client.post("/clips", data=upload_form(io.BytesIO(audio), filename))
+    assert response.status == 201, await response.text()
+    return await response.json()
+
+
+def check_audiowaveform(peaks: dict, seconds: float) -> None:
+    """audiowaveform's JSON format, version 2, as its readers check it."""
+    assert set(peaks) == {
+        "version", "channels", "sample_rate", "samples_per_pixel", "bits", "length", "data",
+    }  # fmt: skip
+    assert peaks["version"] == 2 and peaks["channels"] == 1 and peaks["bits"] == 8
+    assert len(peaks["data"]) == 2 * peaks["length"]
+    assert all(-128 <= value <= 127 for value in peaks["data"])
+    pairs = list(zip(peaks["data"][0::2], peaks["data"][1::2], strict=True))
+    assert all(low <= high for low, high in pairs)
+    frames = seconds * peaks["sample_rate"]
+    assert peaks["length"] == math.ceil(frames / peaks["samples_per_pixel"])
+
+
+@pytest.mark.parametrize("media_store", ["local", "s3"], indirect=True)
+async def test_an_uploaded_wav_plays_as_a_light_preview(client, wav, plays, stored, media_store):
+    created = await upload(client, wav, "take.wav")
+    assert created["preview"] == {
+        "status": "pending", "content_type": None, "size_bytes": None, "bitrate": None,
+        "reason": None,
+    }  # fmt: skip
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "a preview"
+    )
+    preview = clip["preview"]
+    assert preview["status"] == "ready", preview
+    assert preview["content_type"] == "audio/mpeg" and preview["bitrate"] == 128_000
+    assert preview["size_bytes"] <= len(wav) / 4
+
+    stream = await client.session.get(clip["stream_url"])
+    assert stream.status == 200 and stream.content_type == "audio/mpeg"
+    mp3 = await stream.read()
+    assert len(mp3) == preview["size_bytes"]
+    assert mutagen.File(io.BytesIO(mp3)).info.length == pytest.approx(SECONDS, abs=0.1)
+
+    original = await client.session.get(clip["stream_url"] + "?variant=original")
+    assert original.status == 200 and original.content_type == "audio/wav"
+    assert await original.read() == wav
+
+    # The preview streams as any stored clip does: ranges, validators, no caching.
+    part = await client.session.get(clip["stream_url"], headers={"Range": "bytes=1000-1999"})
+    assert part.status == 206 and await part.read() == mp3[1000:2000]
+    assert part.headers["Cache-Control"] == "no-store"
+    validator = {"If-None-Match": stream.headers["ETag"]}
+    again = await client.session.get(clip["stream_url"], headers=validator)
+    assert again.status == 304
+    assert stream.headers["ETag"] != original.headers["ETag"]
+
+    await plays.flush()  # two whole listens, one of each variant; the rest are not plays
+    assert (await (await client.get(f"/clips/{clip['id']}")).json())["play_count"] == 2
+
+    # Deleted, the clip takes its original and its preview with it (from
+    # MEDIA_DIR, or from the bucket with MEDIA_STORE=s3).
+    held = stored()
+    assert (await client.delete(f"/clips/{clip['id']}")).status == 204
+    assert len(held - stored()) == 2
+
+
+async def test_an_unknown_variant_is_a_problem(client, make_clip):
+    clip_id = await make_clip(media_path="tune.wav", content_type="audio/wav")
+    response = await client.get(f"/clips/{clip_id}/stream?variant=flac")
+    problem = await read_problem(response, 400)
+    assert problem["errors"] == [{"field": "variant", "reason": "one of preview, original"}]
+
+
+async def test_peaks_follow_the_audiowaveform_format(client, wav):
+    clip = await upload(client, wav, "take.wav")
+    response = await client.session.get(clip["peaks_url"])
+    if response.status == 404:  # its job has not run yet: said so, with when to ask again
+        problem = await read_problem(response, 404)
+        assert "not computed yet" in problem["detail"] and response.headers["Retry-After"]
+
+    async def peaks():
+        response = await client.session.get(clip["peaks_url"])
+        return response if response.status == 200 else None
+
+    response = await wait_until(peaks, "the peaks", seconds=30, interval=0.1)
+    body = await response.json()
+    check_audiowaveform(body, SECONDS)
+    assert body["sample_rate"] == RATE and body["samples_per_pixel"] == 256
+    # The tone swells and fades each second: loud pixels and quiet ones.
+    highs = body["data"][1::2]
+    assert max(highs) >= 40 and min(highs) <= 15
+
+    assert response.headers["Cache-Control"] == "no-cache"
+    etag = response.headers["ETag"]
+    revalidated = await client.session.get(clip["peaks_url"], headers={"If-None-Match": etag})
+    assert revalidated.status == 304 and revalidated.headers["ETag"] == etag
+
+    coarse = await (await client.session.get(clip["peaks_url"] + "?pixels_per_second=10")).json()
+    check_audiowaveform(coarse, SECONDS)
+    assert coarse["samples_per_pixel"] == 17 * 256  # 44100 / 10 is nearest 17 × 256
+    assert max(coarse["data"][1::2]) == max(highs)
+    exact = await (await client.session.get(clip["peaks_url"] + "?samples_per_pixel=1024")).json()
+    check_audiowaveform(exact, SECONDS)
+    assert exact["samples_per_pixel"] == 1024
+
+
+@pytest.mark.parametrize(
+    ("query", "fields"),
+    [
+        ("samples_per_pixel=300", ["samples_per_pixel"]),
+        ("samples_per_pixel=0", ["samples_per_pixel"]),
+        ("pixels_per_second=1000", ["pixels_per_second"]),
+        ("pixels_per_second=abc", ["pixels_per_second"]),
+        ("pixels_per_second=10&samples_per_pixel=512", ["body"]),
+        ("zoom=2", ["zoom"]),
+    ],
+)
+async def test_peaks_parameters_out_of_bounds_are_problems(client, make_clip, query, fields):
+    clip_id = await make_clip(media_path="tune.wav", content_type="audio/wav")
+    response = await client.get(f"/clips/{clip_id}/peaks?{query}")
+    problem = await read_problem(response, 400)
+    assert [e["field"] for e in problem["errors"]] == fields, problem
+
+
+async def test_peaks_of_an_unknown_clip_are_404(client):
+    response = await client.get("/clips/999999/peaks")
+    assert response.status == 404 and response.content_type == PROBLEM
+
+
+async def test_a_remote_clip_gets_peaks_from_one_fetch(client, aiohttp_server, audio_dir, pool):
+    fetched = []
+
+    async def tune(request: web.Request) -> web.FileResponse:
+        fetched.append(request.method)
+        return web.FileResponse(audio_dir / "tune.wav")
+
+    async def noise(request: web.Request) -> web.Response:
+        return web.Response(body=os.urandom(50_000))
+
+    origin = web.Application()
+    origin.router.add_get("/tune.wav", tune)
+    origin.router.add_get("/noise.mp3", noise)
+    server = await aiohttp_server(origin)
+    response = await client.post(
+        "/clips",
+        json={
+            "title": "Remote tune", "genre": "rock", "duration_seconds": 20.0,
+            "audio_url": str(server.make_url("/tune.wav")),
+        },
+    )  # fmt: skip
+    assert response.status == 201, await response.text()
+    clip = await response.json()
+    assert clip["preview"] is None  # remote audio streams from its origin as it is
+
+    async def peaks():
+        response = await client.session.get(clip["peaks_url"])
+        return await response.json() if response.status == 200 else None
+
+    body = await wait_until(
+        peaks,
+        "the remote clip's peaks",
+        seconds=30,
+        interval=0.1,
+        details=lambda: str(fetched),
+    )
+    check_audiowaveform(body, 20.0)
+    assert body["sample_rate"] == 22050  # tune.wav's own rate
+    assert fetched == ["GET"]
+    assert [r["state"] for r in await queue.job_states(pool, clip["id"])] == ["done"]
+
+    # Other audio, other waveform: the old peaks go, new ones are computed
+    # (here from noise, which no decoder reads).
+    changed = await client.patch(
+        f"/clips/{clip['id']}", json={"audio_url": str(server.make_url("/noise.mp3"))}
+    )
+    assert changed.status == 200
+
+    async def failed():
+        states = await queue.job_states(pool, clip["id"])
+        return states[0]["state"] == "failed"
+
+    await wait_until(failed, "the new peaks job to end", seconds=30, interval=0.1)
+    problem = await read_problem(await client.session.get(clip["peaks_url"]), 404)
+    assert "could not be computed" in problem["detail"]
+
+
+async def test_a_corrupt_file_fails_its_jobs_and_the_clip_still_plays(client, pool):
+    flac = forged_flac()
+    created = await upload(client, flac, "noise.flac")
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "a failed preview"
+    )
+    assert clip["preview"]["status"] == "failed"
+    assert "damaged" in clip["preview"]["reason"], clip["preview"]
+    assert clip["preview"]["size_bytes"] is None
+
+    stream = await client.session.get(clip["stream_url"])
+    assert stream.status == 200 and stream.content_type == "audio/flac"
+    assert await stream.read() == flac
+
+    async def peaks_failed():
+        states = {r["kind"]: r["state"] for r in await queue.job_states(pool, clip["id"])}
+        return states["peaks"] == "failed"
+
+    await wait_until(peaks_failed, "the peaks job to fail", seconds=30, interval=0.1)
+    problem = await read_problem(await client.session.get(clip["peaks_url"]), 404)
+    assert "could not be computed" in problem["detail"] and "damaged" in problem["detail"]
+    # Failing at once: the file cannot change, so it was tried once.
+    assert [r["attempts"] for r in await queue.job_states(pool, clip["id"])] == [1, 1]
