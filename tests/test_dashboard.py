@@ -240,7 +240,7 @@ TOKEN = "metrics-token-0123456789"
 def settings(settings):
     # Upstream timeouts are part of the traffic: keep each one short. The
     # token is the deployed stack's: Prometheus must present it.
-    return settings.changed({"upstream_headers_timeout": 0.2, "metrics_token": TOKEN})
+    return settings.changed({"upstream_headers_timeout": 0.5, "metrics_token": TOKEN})
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ async def failing_origin(aiohttp_server):
         return web.Response(status=500)
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.5)  # past the app's 0.2 s headers timeout
+        await asyncio.sleep(1.5)  # past the app's 0.5 s headers timeout
         return web.Response(body=b"late")
 
     app = web.Application()
