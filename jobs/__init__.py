@@ -327,6 +327,9 @@ class Runner:
                 if not cache.refresh(entry, answer):
                     entry = None  # a 304 naming another version: fetched below
         if entry is not None:
+            if entry.size > self.settings.max_upload_bytes:  # as a fetch would find
+                limit = self.settings.max_upload_bytes
+                raise Unreadable(f"its audio is over MAX_UPLOAD_BYTES ({limit} bytes)")
             pinned = held.enter_context(cache.pinned(entry))
             if pinned is not None:
                 return str(pinned)
