@@ -30,11 +30,13 @@ class ClipCache:
         self._rows: OrderedDict[int, tuple[float, Record]] = OrderedDict()
         self._loading: dict[int, asyncio.Future[Record | None]] = {}
 
-    async def get(self, clip_id: int) -> Record | None:
+    async def get(self, clip_id: int, fresh: bool = False) -> Record | None:
         """The clip's row, or None; raises DatabaseUnavailable only when
-        PostgreSQL is away and the clip was never seen."""
+        PostgreSQL is away and the clip was never seen. `fresh`: read it
+        from PostgreSQL even if a row is kept (still served stale while
+        PostgreSQL is away)."""
         known = self._rows.get(clip_id)
-        if known is not None and time.monotonic() - known[0] < self._ttl:
+        if not fresh and known is not None and time.monotonic() - known[0] < self._ttl:
             return known[1]
         loading = self._loading.get(clip_id)
         if loading is None:

@@ -55,20 +55,33 @@ class Renderer:
         self.base = base_url(request)
         self.signer = request.app[ACCESS].signer
 
-    def stream_url(self, clip_id: int) -> str:
-        """The clip's stream URL, signed when stream URLs are (web/auth.py)."""
+    def stream_url(self, clip_id: int, variant: str | None = None) -> str:
+        """The clip's stream URL, naming `variant` when given, signed when
+        stream URLs are (web/auth.py; the signature covers the clip and the
+        expiry, so either variant plays with it)."""
         url = self.base + STREAM_ROUTE.replace("{clip_id}", str(clip_id))
+        query = [f"variant={variant}"] if variant is not None else []
         if self.signer:
             signed = self.signer.sign(clip_id)
-            url += f"?exp={signed['exp']}&sig={signed['sig']}"  # URL-safe already
-        return url
+            query += [f"exp={signed['exp']}", f"sig={signed['sig']}"]  # URL-safe already
+        return f"{url}?{'&'.join(query)}" if query else url
 
     def clip(self, row: Row) -> Clip:
         body = {name: row[name] for name in COLUMNS}
-        body["stream_url"] = self.stream_url(row["id"])
+        body["stream_url"] = self.stream_url(row["id"], url_variant(row))
         body["preview"] = preview(row)
         body["peaks_url"] = f"{self.base}/clips/{row['id']}/peaks"
         return body  # type: ignore[return-value]
+
+
+def url_variant(row: Row) -> str | None:
+    """The variant a clip's stream_url names: "original" while its preview
+    is pending (or failed), else none (the plain URL: the preview once
+    ready). So a URL a player holds means the same bytes for as long as it
+    plays: a plain URL that served the original until the preview became
+    ready would send a player seeking after the switch the preview's bytes
+    at the original's offset (Chromium sends `Range` without `If-Range`)."""
+    return "original" if row["preview_status"] in ("pending", "failed") else None
 
 
 def preview(row: Row) -> Preview | None:

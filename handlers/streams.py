@@ -46,6 +46,13 @@ async def stream_clip(request: web.Request) -> web.StreamResponse:
             f"variant must be one of {', '.join(VARIANTS)}, not {variant[:40]!r}",
             errors=[{"field": "variant", "reason": f"one of {', '.join(VARIANTS)}"}],
         )
+    if variant == "preview" and clip["preview_status"] == "pending":
+        # A kept row may predate the preview becoming ready (made by another
+        # process): the plain URL is handed out only once it is, and must
+        # then never play the original (handlers/clips.py url_variant).
+        clip = await request.app[CLIP_CACHE].get(clip_id, fresh=True)
+        if clip is None:
+            raise Problem(404, f"No clip has id {clip_id}")
     if clip["media_path"] is not None and BUCKET in request.app:
         return await send_bucket(request, request.app[BUCKET], clip, variant)
     if clip["media_path"] is not None:

@@ -32,7 +32,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 import yarl
@@ -58,6 +58,7 @@ from settings import SETTINGS, Settings
 from storage import MEDIA_STORE, MediaStore, StorageError
 from storage.s3 import Bucket, copy_file
 from streaming.bucket import BUCKET
+from streaming.cache import CACHE, Cache
 from streaming.upstream import UPSTREAM, Upstream, UpstreamBusy, UpstreamRefused
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ RETRYABLE = (
 FETCH_URL_SECONDS = 3600
 
 
+class OriginAnswered(Retryable):
+    """A remote clip's origin answered neither 200 nor (to a revalidation) 304."""
+
+    def __init__(self, status: int):
+        super().__init__(f"its origin answered {status}")
+        self.status = status
+
+
 class Runner:
     """The app's job runners' shared state: what they need to do a job, and
     the event that wakes them."""
@@ -86,6 +95,7 @@ class Runner:
         metrics: Metrics,
         on_done: Callable[[int], None] = lambda clip_id: None,
         bucket: Bucket | None = None,
+        cache: Cache | None = None,
     ):
         self.settings = settings
         # MEDIA_STORE=s3: originals are fetched from the bucket, previews
@@ -95,6 +105,9 @@ class Runner:
         self.store = store
         self.store_config = StoreConfig(store.directory, store.min_free_bytes)
         self.upstream = upstream
+        # The read-through cache of remote clips (None: CACHE_MAX_BYTES=0):
+        # a remote clip's peaks are made from its copy when it holds one.
+        self.cache = cache
         self.metrics = metrics
         self.on_done = on_done
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -245,7 +258,8 @@ class Runner:
                 job["duration_seconds"],
             )  # fmt: skip
         else:
-            async with self._fetched(job["audio_url"]) as path:
+            async with contextlib.AsyncExitStack() as held:
+                path = await self._remote_audio(held, job["clip_id"], job["audio_url"])
                 # A remote clip's duration is what its creator said: no
                 # ground for calling the file damaged.
                 peaks = await process.run(seconds, measure_peaks, path, 0.0)
@@ -282,43 +296,89 @@ class Runner:
         finally:
             await asyncio.to_thread(self.store.delete, name)
 
-    @contextlib.asynccontextmanager
-    async def _fetched(self, url: str) -> AsyncIterator[str]:
-        """A remote clip's audio, fetched once through the upstream guard
-        (streaming/upstream.py) into a temporary file, at most
-        MAX_UPLOAD_BYTES within JOB_TIMEOUT_SECONDS. (The read-through cache
-        of remote clips will hand these bytes over instead.)"""
-        limit = self.settings.max_upload_bytes
-        with tempfile.NamedTemporaryFile(prefix="clips-job-") as copy:
+    async def _remote_audio(self, held: contextlib.AsyncExitStack, clip_id: int, url: str) -> str:
+        """A local file holding a remote clip's audio, for as long as `held`
+        is open: the read-through cache's copy (streaming/cache.py) when it
+        holds a fresh one, or a stale one its origin confirms (304) or,
+        while the origin fails, one the cache would serve listeners anyway
+        (not must-revalidate: the waveform of the bytes they hear); else
+        the origin's answer, fetched once through the upstream guard.
+
+        That fetch does not fill the cache: a peaks job runs once for every
+        remote clip created (or re-pointed), most of which are played
+        rarely, and the cache's least-recently-used order and its bound are
+        for what listeners play; a catalogue import would otherwise evict
+        the clips being listened to. The first listener fills it as before."""
+        cache = self.cache
+        entry = None if cache is None else cache.lookup(cache.key(clip_id, url))
+        if entry is not None and not entry.fresh():
             try:
-                async with asyncio.timeout(self.settings.job_timeout_seconds):
-                    with self.upstream.slot():
-                        response = await self.upstream.open("GET", url, {})
-                        try:
-                            if response.status != 200:
-                                raise Retryable(f"its origin answered {response.status}")
-                            size = 0
-                            async for chunk in response.content.iter_chunked(FETCH_CHUNK_BYTES):
-                                size += len(chunk)
-                                if size > limit:
-                                    raise Unreadable(
-                                        f"its audio is over MAX_UPLOAD_BYTES ({limit} bytes)"
-                                    )
-                                copy.write(chunk)
-                        finally:
-                            response.release()
-            except UpstreamRefused as refused:
-                raise Unreadable(f"its origin is refused: {refused}") from None
-            except UpstreamBusy as busy:
-                raise Retryable(str(busy)) from None
-            except TimeoutError:
-                raise Retryable(f"its origin {yarl.URL(url).host} was too slow") from None
-            except aiohttp.ClientError as error:
-                raise Retryable(
-                    f"its origin {yarl.URL(url).host} failed: {type(error).__name__}"
-                ) from None
-            copy.flush()
-            yield copy.name
+                path, answer = await self._fetched(held, url, entry.conditions())
+            except Retryable as failed:
+                if isinstance(failed, OriginAnswered) and 400 <= failed.status < 500:
+                    cache.drop_key(entry.key)  # the audio is gone, as listeners learn too
+                    raise
+                if entry.must_revalidate:
+                    raise
+                log.info("jobs: peaks of clip %d from its stale cached copy: %s", clip_id, failed)
+            else:
+                if path is not None:
+                    return path  # a newer version than the cache's
+                if not cache.refresh(entry, answer):
+                    entry = None  # a 304 naming another version: fetched below
+        if entry is not None:
+            if entry.size > self.settings.max_upload_bytes:  # as a fetch would find
+                limit = self.settings.max_upload_bytes
+                raise Unreadable(f"its audio is over MAX_UPLOAD_BYTES ({limit} bytes)")
+            pinned = held.enter_context(cache.pinned(entry))
+            if pinned is not None:
+                return str(pinned)
+        path, _ = await self._fetched(held, url, {})
+        if path is None:
+            raise Retryable("its origin answered 304 to a request without conditions")
+        return path
+
+    async def _fetched(
+        self, held: contextlib.AsyncExitStack, url: str, conditions: dict[str, str]
+    ) -> tuple[str | None, Mapping[str, str]]:
+        """A remote clip's audio, fetched once through the upstream guard
+        (streaming/upstream.py) into a temporary file that lives as long as
+        `held`, at most MAX_UPLOAD_BYTES within JOB_TIMEOUT_SECONDS; with
+        `conditions` (a cached copy's validators) a 304 gives no file.
+        Returns (the file or None, the origin's headers)."""
+        limit = self.settings.max_upload_bytes
+        copy = held.enter_context(tempfile.NamedTemporaryFile(prefix="clips-job-"))  # noqa: SIM115
+        try:
+            async with asyncio.timeout(self.settings.job_timeout_seconds):
+                with self.upstream.slot():
+                    response = await self.upstream.open("GET", url, conditions)
+                    try:
+                        if response.status == 304 and conditions:
+                            return None, response.headers
+                        if response.status != 200:
+                            raise OriginAnswered(response.status)
+                        size = 0
+                        async for chunk in response.content.iter_chunked(FETCH_CHUNK_BYTES):
+                            size += len(chunk)
+                            if size > limit:
+                                raise Unreadable(
+                                    f"its audio is over MAX_UPLOAD_BYTES ({limit} bytes)"
+                                )
+                            copy.write(chunk)
+                    finally:
+                        response.release()
+        except UpstreamRefused as refused:
+            raise Unreadable(f"its origin is refused: {refused}") from None
+        except UpstreamBusy as busy:
+            raise Retryable(str(busy)) from None
+        except TimeoutError:
+            raise Retryable(f"its origin {yarl.URL(url).host} was too slow") from None
+        except aiohttp.ClientError as error:
+            raise Retryable(
+                f"its origin {yarl.URL(url).host} failed: {type(error).__name__}"
+            ) from None
+        copy.flush()
+        return copy.name, response.headers
 
 
 JOBS = web.AppKey("JOBS", Runner)
@@ -331,7 +391,7 @@ async def jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     cache = app[CLIP_CACHE]
     runner = app[JOBS] = Runner(
         settings, app[POOL], app[MEDIA_STORE], app[UPSTREAM], app[METRICS], cache.forget,
-        app.get(BUCKET),
+        app.get(BUCKET), app.get(CACHE),
     )  # fmt: skip
     processes = [JobProcess() for _ in range(settings.job_workers)]
     tasks = [

@@ -111,8 +111,10 @@ class Clip(TypedDict):
         str,
         Field(
             json_schema_extra={"format": "uri"},
-            description="Where <audio> plays it (the preview once ready; add"
-            " `variant=original` for the original); signed when API keys are set",
+            description="Where <audio> plays it: the preview once ready; until then"
+            " (or if it failed) a URL naming `variant=original`, so a URL always plays the"
+            " same bytes (add `variant=original` to the plain one for the original);"
+            " signed when API keys are set",
         ),
     ]
     preview: Annotated[

@@ -20,7 +20,13 @@ import signal
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-import mutagen
+import mutagen.aac
+import mutagen.flac
+import mutagen.mp3
+import mutagen.mp4
+import mutagen.oggopus
+import mutagen.oggvorbis
+import mutagen.wave
 
 from schemas.fields import INTEGER_MAX, MAX_DURATION_SECONDS
 
@@ -32,6 +38,24 @@ FORMATS = {
     "ogg": ("audio/ogg", ".ogg", ("OggVorbis", "OggOpus")),
     "wav": ("audio/wav", ".wav", ("WAVE",)),
     "flac": ("audio/flac", ".flac", ("FLAC",)),
+}
+# The mutagen classes of those names. A file is read with its sniffed
+# format's classes, not mutagen.File's guess: that guess scores file name
+# extensions, which an upload being received has none of (MEDIA_DIR's
+# `.upload-<hex>`), and ADTS AAC (and MP3 frames of MPEG 2.5 or layer II
+# without an ID3 tag) is recognised by nothing else (mutagen 1.48, aac.py
+# and mp3.py `score`): mutagen.File gave None and the upload a 422.
+READERS = {
+    cls.__name__: cls
+    for cls in (
+        mutagen.mp3.MP3,
+        mutagen.mp4.MP4,
+        mutagen.aac.AAC,
+        mutagen.oggvorbis.OggVorbis,
+        mutagen.oggopus.OggOpus,
+        mutagen.wave.WAVE,
+        mutagen.flac.FLAC,
+    )
 }
 
 
@@ -69,13 +93,16 @@ def read_audio(path: str, kind: str, size: int) -> Audio:
     worker is disposable). A file far shorter than its own headers announce
     (a truncated upload whose first frame still claims the full length) is
     refused too."""
+    readers = FORMATS[kind][2]
+    audio = None
+    for name in readers:  # the first of the format's readers that reads it
+        try:
+            audio = READERS[name](path)
+            break
+        except Exception:  # malformed files raise all sorts
+            continue
     try:
-        audio = mutagen.File(path)
-    except Exception:  # malformed files raise all sorts
-        audio = None
-    try:
-        readers = FORMATS[kind][2]
-        if audio is None or type(audio).__name__ not in readers or not audio.info.length:
+        if audio is None or not audio.info.length:
             return Audio(refused=f"The file looks like {kind.upper()} but its audio cannot be read")
         length = float(audio.info.length)
         bitrate = int(getattr(audio.info, "bitrate", 0) or 0) or None

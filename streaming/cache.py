@@ -28,7 +28,8 @@ audio is gone: the entry is dropped.
 Files, all in CACHE_DIR: `<key>.json` (the entry, written last),
 `<key>.<token>.audio` (the body, named per version, so that a process
 holding an older entry's name never reads a newer body), and while
-filling `.<key>.<pid>.<token>.part`. A body is renamed into place only
+filling `.<key>.<pid>.<token>.part` (and, named alike, the link a peaks
+job reads a body through: `Cache.pinned`). A body is renamed into place only
 when complete with the length the origin declared; a fill that is cut,
 short or fails removes its part file. At start the index is rebuilt from
 the `.json` files (a missing or short body drops the entry), part files of
@@ -52,7 +53,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -427,6 +428,31 @@ class Cache:
             with contextlib.suppress(OSError):
                 os.utime(path, (now, now))
         return file
+
+    @contextlib.contextmanager
+    def pinned(self, entry: Entry) -> Iterator[Path | None]:
+        """The entry's body under a name of its own (a hard link) while the
+        block runs, for a reader in another process (a peaks job, jobs/):
+        eviction or a newer fill removes the entry's name, not this one, so
+        that reader reads the body whole. None when the body is gone (or
+        cannot be linked). The link is named as a part file of this
+        process: one left by a process killed meanwhile goes at the next
+        start. Its bytes may outlive an eviction by as long as the block."""
+        link: Path | None = self.part_path(entry.key)
+        try:
+            os.link(self.directory / entry.body, link)
+        except FileNotFoundError:
+            self._forget(entry.key)  # evicted or replaced by another process
+            link = None
+        except OSError as error:
+            log.warning("CACHE_DIR %s: cannot link a body: %s", self.directory, error.strerror)
+            link = None
+        try:
+            yield link
+        finally:
+            if link is not None:
+                with contextlib.suppress(OSError):
+                    link.unlink()
 
     def _forget(self, key: str) -> Entry | None:
         entry = self.entries.pop(key, None)

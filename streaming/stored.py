@@ -6,7 +6,8 @@ on a worker thread: two thread hops per request that, measured with `make
 bench` (stored clip, one core), cost 1.4-1.9x the requests per second of
 doing those syscalls on the event loop. MEDIA_DIR is a local directory whose
 hot files sit in the page cache, so here they run inline. The rules follow
-FileResponse's (and RFC 9110): ETag `"<mtime_ns>-<size>"` in hex.
+FileResponse's (and RFC 9110): ETag `"<mtime_ns>-<size>"` in hex (a preview's
+with `-preview` after it).
 """
 
 import asyncio
@@ -45,7 +46,7 @@ class StoredFile:
     context manager: the file is closed when the block ends.
 
     A stored clip's validators come from the file (ETag `"<mtime_ns>-<size>"`
-    in hex, its mtime as Last-Modified). A cached remote clip
+    in hex, `etag_suffix` after it, its mtime as Last-Modified). A cached remote clip
     (streaming/cache.py) passes its origin's instead, as the header values
     the origin sent (either may be None), and its `size` when the file is
     still being filled: a listener sees the same validators whether the
@@ -60,6 +61,7 @@ class StoredFile:
         *,
         size: int | None = None,
         validators: tuple[str | None, str | None] | None = None,
+        etag_suffix: str = "",
     ):
         self.file = file
         try:
@@ -67,7 +69,7 @@ class StoredFile:
                 stat = os.fstat(self.file.fileno())
                 size = stat.st_size
                 # As aiohttp's etag and last_modified setters write them.
-                etag = f'"{stat.st_mtime_ns:x}-{size:x}"'
+                etag = f'"{stat.st_mtime_ns:x}-{size:x}{etag_suffix}"'
                 last_modified = http_date_of(math.ceil(stat.st_mtime))
             else:
                 etag, last_modified = validators
@@ -152,6 +154,13 @@ def stored_variant(clip: Row, variant: str) -> tuple[str, str]:
     return clip["media_path"], clip["content_type"]
 
 
+# A preview's ETag ends in this, an original's never does: the two never
+# share one, whatever their files' times and sizes (a restore from backup
+# can give both the same second), so If-Range or If-None-Match naming the
+# original never matches the preview a plain URL now plays.
+PREVIEW_ETAG_SUFFIX = "-preview"
+
+
 async def send_stored(
     request: web.Request, store: MediaStore, clip: Row, variant: str = "original"
 ) -> web.StreamResponse:
@@ -165,7 +174,8 @@ async def send_stored(
     file = store.open(name)
     if file is None:
         raise Problem(404, "The clip's audio file is missing")
-    with StoredFile(request, file, content_type) as stored:
+    suffix = PREVIEW_ETAG_SUFFIX if name != clip["media_path"] else ""
+    with StoredFile(request, file, content_type, etag_suffix=suffix) as stored:
         await send_file(request, stored, clip)
     return stored.response
 

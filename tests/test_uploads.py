@@ -54,6 +54,27 @@ def nested_mp4(depth: int) -> bytes:
     return struct.pack(">I", 16) + b"ftypM4A \0\0\0\0" + atoms
 
 
+def adts_aac(seconds: float, rate: int = 44100) -> bytes:
+    """Raw AAC-LC in ADTS frames (no container, no tag: what `.aac` files
+    and HLS audio segments hold), mono, silent. Each frame is a 7-byte ADTS
+    header (ISO/IEC 14496-3 §1.A.2: MPEG-4, no CRC, LC, 44.1 kHz, one
+    channel) and a 4-byte raw_data_block: one channel element with global
+    gain 160, a long window and no scale factor band, then ID_END; 1,024
+    samples of silence. FFmpeg's decoder (through PyAV 18.1) reads 20 s of
+    them as 861 frames of LC mono, 19.99 s, every sample 0."""
+    block = bytes([0x01, 0x40, 0x20, 0x07])
+    length = 7 + len(block)
+    fields = (
+        (0xFFF, 12), (0, 1), (0, 2), (1, 1),  # sync, MPEG-4, layer 0, no CRC
+        (1, 2), (4, 4), (0, 1), (1, 3),  # AAC LC, 44.1 kHz, private, mono
+        (0, 4), (length, 13), (0x7FF, 11), (0, 2),  # flags, frame length, VBR, 1 block
+    )  # fmt: skip
+    header = 0
+    for value, bits in fields:
+        header = header << bits | value
+    return (header.to_bytes(7, "big") + block) * int(seconds * rate / 1024)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,6 +107,22 @@ async def test_a_wav_upload_is_recognised_by_its_bytes(client, audio_dir):
     clip = await response.json()
     assert clip["content_type"] == "audio/wav"
     assert clip["duration_seconds"] == pytest.approx(20.0, abs=0.01)
+
+
+async def test_a_raw_adts_aac_upload_is_read_by_its_bytes(client, stored):
+    # mutagen.File knows ADTS only by a `.aac` name, which the file being
+    # received does not have: the sniffed format picks the reader instead.
+    aac = adts_aac(20.0)
+    before = stored()
+    response = await client.post("/clips", data=upload_form(aac, filename="take"))
+    assert response.status == 201, await response.text()
+    clip = await response.json()
+    assert clip["content_type"] == "audio/aac"
+    assert clip["duration_seconds"] == pytest.approx(20.0, abs=0.05)
+    (name,) = stored() - before
+    assert name.endswith(".aac")
+    stream = await client.get(f"/clips/{clip['id']}/stream")
+    assert stream.content_type == "audio/aac" and await stream.read() == aac
 
 
 @pytest.mark.parametrize(
