@@ -18,6 +18,7 @@ file's fault: retrying cannot help) or `Retryable`.
 
 import array
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -52,6 +53,12 @@ INFO_READERS = {
 # A decode that yields less than this share of the clip's duration (less a
 # half second of slack) is a damaged file, not a short one.
 MIN_DECODED_SHARE = 0.9
+
+
+NOT_LIGHTER = (
+    "a {kbps} kbit/s preview would be no lighter than the original ({original_bytes} bytes),"
+    " which is served instead"
+)
 
 
 class Unreadable(Exception):
@@ -163,7 +170,12 @@ def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array
 
 
 def encode_preview(store: MediaStore, path: str, expected_seconds: float, kbps: int) -> Preview:
-    """Encode the audio at `path` as a constant-bitrate MP3 into the store."""
+    """Encode the audio at `path` as a constant-bitrate MP3 into the store.
+    Raises Unreadable, and stops writing, once the preview would be no
+    lighter than the original (a low-bitrate MP3 upload): the original is
+    served instead, and a crafted upload cannot make the job write more
+    than its own size."""
+    original_bytes = os.path.getsize(path)
     rate, channels, chunks = decode(path, expected_seconds)
     kbps = preview_kbps(kbps, rate, channels)
     encoder = lameenc.Encoder()
@@ -184,9 +196,13 @@ def encode_preview(store: MediaStore, path: str, expected_seconds: float, kbps: 
             frames += len(chunk) // channels
             encoded = encoder.encode(chunk.tobytes())
             size += len(encoded)
+            if size >= original_bytes:
+                raise Unreadable(NOT_LIGHTER.format(kbps=kbps, original_bytes=original_bytes))
             out.write(bytes(encoded))
         tail = encoder.flush()
         size += len(tail)
+        if size >= original_bytes:
+            raise Unreadable(NOT_LIGHTER.format(kbps=kbps, original_bytes=original_bytes))
         out.write(bytes(tail))
         out.close()
         if size == 0:

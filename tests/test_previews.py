@@ -13,12 +13,13 @@ import os
 import struct
 import wave
 
+import lameenc
 import mutagen
 import pytest
 from aiohttp import web
 
 from db import jobs as queue
-from tests.support import PROBLEM, read_problem, upload_form, wait_until
+from tests.support import PROBLEM, media_files, read_problem, upload_form, wait_until
 
 SECONDS = 20.0
 RATE = 44100
@@ -278,3 +279,33 @@ async def test_a_corrupt_file_fails_its_jobs_and_the_clip_still_plays(client, po
     assert "could not be computed" in problem["detail"] and "damaged" in problem["detail"]
     # Failing at once: the file cannot change, so it was tried once.
     assert [r["attempts"] for r in await queue.job_states(pool, clip["id"])] == [1, 1]
+
+
+def low_bitrate_mp3(seconds: int = 20, rate: int = 8000) -> bytes:
+    """A mono MP3 at 8 kbit/s (a voice memo): lighter than any preview. An
+    empty ID3v2 tag ahead, as taggers write, by which mutagen knows it."""
+    samples = array.array(
+        "h", (int(8000 * math.sin(2 * math.pi * 440 * n / rate)) for n in range(seconds * rate))
+    )
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(8)
+    encoder.set_in_sample_rate(rate)
+    encoder.set_channels(1)
+    tag = b"ID3\x03\x00\x00" + bytes(4)
+    return tag + bytes(encoder.encode(samples.tobytes())) + bytes(encoder.flush())
+
+
+async def test_a_preview_heavier_than_the_original_is_not_made(client, media_dir):
+    mp3 = low_bitrate_mp3()
+    before = media_files(media_dir)
+    created = await upload(client, mp3, "memo.mp3")
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "the preview's end"
+    )
+    # A 64 kbit/s preview of 8 kbit/s audio would be 8 times its size.
+    assert clip["preview"]["status"] == "failed"
+    assert "no lighter than the original" in clip["preview"]["reason"], clip["preview"]
+    [original] = media_files(media_dir) - before  # no preview, no partial file left behind
+    assert (media_dir / original).read_bytes() == mp3
+    stream = await client.session.get(clip["stream_url"])
+    assert stream.status == 200 and await stream.read() == mp3
