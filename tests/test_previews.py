@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from db import jobs as queue
+from schemas.peaks import MAX_LENGTH
 from tests.support import PROBLEM, media_files, read_problem, upload_form, wait_until
 
 SECONDS = 20.0
@@ -309,3 +310,28 @@ async def test_a_preview_heavier_than_the_original_is_not_made(client, media_dir
     assert (media_dir / original).read_bytes() == mp3
     stream = await client.session.get(clip["stream_url"])
     assert stream.status == 200 and await stream.read() == mp3
+
+
+async def test_a_long_clips_waveform_is_served_within_bounds(client, make_clip, pool):
+    # 2^18 + 10 pixels at 256 samples per pixel: 26 minutes at 44.1 kHz.
+    pixels = MAX_LENGTH + 10
+    clip_id = await make_clip(media_path="tune.wav", content_type="audio/wav")
+    await pool.execute(
+        "INSERT INTO clip_peaks (clip_id, sample_rate, samples_per_pixel, data)"
+        " VALUES ($1, 44100, 256, $2)",
+        clip_id,
+        bytes([0x80, 0x7F]) * pixels,
+    )
+    peaks = await (await client.get(f"/clips/{clip_id}/peaks")).json()
+    # Without a zoom: the finest one that fits, 2 stored pixels to one.
+    assert peaks["samples_per_pixel"] == 512 and peaks["length"] == math.ceil(pixels / 2)
+    for query, field in [
+        ("samples_per_pixel=256", "samples_per_pixel"),
+        ("pixels_per_second=200", "pixels_per_second"),
+    ]:
+        response = await client.get(f"/clips/{clip_id}/peaks?{query}")
+        problem = await read_problem(response, 400)
+        [error] = problem["errors"]
+        assert error["field"] == field and "samples_per_pixel 512" in error["reason"], problem
+    response = await client.get(f"/clips/{clip_id}/peaks?samples_per_pixel=512")
+    assert response.status == 200 and (await response.json())["length"] <= MAX_LENGTH
