@@ -28,6 +28,7 @@ from pathlib import Path
 import lameenc
 import miniaudio
 
+from schemas.fields import MAX_DURATION_SECONDS
 from schemas.peaks import BASE_SAMPLES_PER_PIXEL
 from settings import PREVIEW_BITRATES
 from storage import MediaStore, StorageError
@@ -53,6 +54,13 @@ INFO_READERS = {
 # A decode that yields less than this share of the clip's duration (less a
 # half second of slack) is a damaged file, not a short one.
 MIN_DECODED_SHARE = 0.9
+# A decode that goes on past this share of the clip's duration (plus a
+# second) is a file whose header lies (a FLAC whose STREAMINFO says 10 s
+# ahead of an hour of frames, which the upload measured as 10 s): stopped,
+# as its preview, peaks and job time would be sized by audio nobody
+# declared. A remote clip's duration is its creator's word: its decode
+# stops at MAX_DURATION_SECONDS, the longest any clip may be.
+MAX_DECODED_SHARE = 1.1
 
 
 NOT_LIGHTER = (
@@ -149,6 +157,14 @@ def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array
     if rate not in MP3_RATES:
         rate = 44100 if rate % 11025 == 0 else 48000
 
+    if expected_seconds:
+        most = rate * (MAX_DECODED_SHARE * expected_seconds + 1)
+        too_long = f"the file is damaged: it decodes longer than the {expected_seconds:.1f} s"
+        too_long += " it announces"
+    else:
+        most = rate * MAX_DURATION_SECONDS
+        too_long = f"its audio is longer than any clip may be ({MAX_DURATION_SECONDS} s)"
+
     def chunks() -> Iterator[array.array]:
         frames = 0
         try:
@@ -157,6 +173,8 @@ def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array
             )
             for chunk in stream:
                 frames += len(chunk) // channels
+                if frames > most:
+                    raise Unreadable(too_long)
                 yield chunk
         except miniaudio.MiniaudioError as error:
             raise Unreadable(f"its audio cannot be decoded: {error}") from None

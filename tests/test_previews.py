@@ -53,6 +53,37 @@ def forged_flac(seconds: int = 5, rate: int = RATE) -> bytes:
     return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info + os.urandom(200_000)
 
 
+def crc(data: bytes, width: int, poly: int) -> int:
+    """FLAC's frame checksums: CRC-8 (poly 0x07) and CRC-16 (poly 0x8005)."""
+    top, mask, value = 1 << (width - 1), (1 << width) - 1, 0
+    for byte in data:
+        value ^= byte << (width - 8)
+        for _ in range(8):
+            value = ((value << 1) ^ poly if value & top else value << 1) & mask
+    return value
+
+
+def lying_flac(announced: int, blocks: int, rate: int = RATE) -> bytes:
+    """A valid mono 16-bit FLAC of `blocks` frames of 4096 equal samples
+    (a quiet hum, about 12 bytes a frame), whose STREAMINFO announces
+    `announced` seconds: what the upload measures."""
+    packed = (rate << 44) | (15 << 36) | (rate * announced)  # mono, 16-bit
+    info = struct.pack(">HH", 4096, 4096) + bytes(6) + packed.to_bytes(8, "big") + bytes(16)
+    # STREAMINFO, then 256 KiB of PADDING (as taggers leave room): a file
+    # heavier than the preview of its announced seconds.
+    padding = bytes([0x81]) + (256 * 1024).to_bytes(3, "big") + bytes(256 * 1024)
+    frames = [b"fLaC", bytes([0x00]) + len(info).to_bytes(3, "big") + info + padding]
+    for number in range(blocks):  # below 2^11: two bytes of FLAC's UTF-8 coding
+        coded = (
+            bytes([number]) if number < 0x80 else bytes([0xC0 | number >> 6, 0x80 | number & 0x3F])
+        )
+        # Fixed blocks of 4096 at 44.1 kHz, mono 16-bit; one CONSTANT subframe.
+        head = b"\xff\xf8\xc9\x08" + coded
+        frame = head + bytes([crc(head, 8, 0x07)]) + b"\x00" + (1000).to_bytes(2, "big")
+        frames.append(frame + crc(frame, 16, 0x8005).to_bytes(2, "big"))
+    return b"".join(frames)
+
+
 @pytest.fixture(scope="module")
 def wav() -> bytes:
     return stereo_wav()
@@ -335,3 +366,25 @@ async def test_a_long_clips_waveform_is_served_within_bounds(client, make_clip, 
         assert error["field"] == field and "samples_per_pixel 512" in error["reason"], problem
     response = await client.get(f"/clips/{clip_id}/peaks?samples_per_pixel=512")
     assert response.status == 200 and (await response.json())["length"] <= MAX_LENGTH
+
+
+async def test_a_file_decoding_longer_than_it_announces_fails_its_jobs(client, pool):
+    # 10 s announced ahead of 120 s of frames: the upload measures 10 s.
+    flac = lying_flac(announced=10, blocks=1292)
+    created = await upload(client, flac, "liar.flac")
+    assert created["duration_seconds"] == 10.0
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "the preview's end"
+    )
+    assert clip["preview"]["status"] == "failed"
+    assert "decodes longer than the 10.0 s it announces" in clip["preview"]["reason"]
+
+    async def peaks_ended():
+        states = {r["kind"]: r["state"] for r in await queue.job_states(pool, clip["id"])}
+        return states["peaks"] in ("done", "failed")
+
+    await wait_until(peaks_ended, "the peaks job to end", seconds=30, interval=0.1)
+    problem = await read_problem(await client.session.get(clip["peaks_url"]), 404)
+    assert "decodes longer" in problem["detail"]
+    stream = await client.session.get(clip["stream_url"])
+    assert stream.status == 200 and await stream.read() == flac
