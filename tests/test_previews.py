@@ -388,3 +388,25 @@ async def test_a_file_decoding_longer_than_it_announces_fails_its_jobs(client, p
     assert "decodes longer" in problem["detail"]
     stream = await client.session.get(clip["stream_url"])
     assert stream.status == 200 and await stream.read() == flac
+
+
+async def test_peaks_keep_the_audios_own_sample_rate(client):
+    # Ten minutes of an 8-bit mono WAV at 100 Hz: 60 KB. Its peaks are of
+    # its 60,000 samples, as audiowaveform gives them, not of 28.8 million
+    # made up by resampling to 48 kHz (a 1 Hz file announcing 16 hours
+    # kept a job process busy for minutes).
+    out = io.BytesIO()
+    with wave.open(out, "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(1)
+        audio.setframerate(100)
+        audio.writeframes(bytes(128 + (n % 50) for n in range(60_000)))
+    created = await upload(client, out.getvalue(), "slow.wav")
+
+    async def peaks():
+        response = await client.session.get(created["peaks_url"])
+        return await response.json() if response.status == 200 else None
+
+    body = await wait_until(peaks, "the peaks", seconds=30, interval=0.1)
+    assert body["sample_rate"] == 100 and body["samples_per_pixel"] == 256
+    check_audiowaveform(body, 600.0)
