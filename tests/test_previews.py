@@ -410,3 +410,18 @@ async def test_peaks_keep_the_audios_own_sample_rate(client):
     body = await wait_until(peaks, "the peaks", seconds=30, interval=0.1)
     assert body["sample_rate"] == 100 and body["samples_per_pixel"] == 256
     check_audiowaveform(body, 600.0)
+
+
+async def test_a_stored_clips_measured_duration_cannot_be_patched(client, wav):
+    created = await upload(client, wav, "take.wav")
+    # The same value, sent back with the rest of the clip, is no change.
+    same = await client.patch(f"/clips/{created['id']}", json={"duration_seconds": SECONDS})
+    assert same.status == 200
+    changed = await client.patch(f"/clips/{created['id']}", json={"duration_seconds": 5.0})
+    problem = await read_problem(changed, 400)
+    assert problem["errors"][0]["field"] == "duration_seconds"
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "a preview"
+    )
+    # Its jobs judged the audio against the measured 20 s, not a typed 5 s.
+    assert clip["duration_seconds"] == SECONDS and clip["preview"]["status"] == "ready"
