@@ -260,6 +260,18 @@ async def update_clip(request: web.Request) -> web.Response:
                 errors=[{"field": "audio_url", "reason": "stored audio"}],
             )
         await check_audio_url(request, changes["audio_url"])
+    stored = clip["media_path"] is not None
+    if (
+        stored
+        and changes.get("duration_seconds", clip["duration_seconds"]) != clip["duration_seconds"]
+    ):
+        # Measured from the file at upload: streams are timed by it, and the
+        # preview and peaks jobs judge the decoded audio against it (jobs/media.py).
+        raise Problem(
+            400,
+            "This clip's duration is measured from its stored audio; it cannot be changed",
+            errors=[{"field": "duration_seconds", "reason": "measured from the stored audio"}],
+        )
     updated = await clips.update_clip(request.app[POOL], clip_id, clip["updated_at"], changes)
     if updated is None:
         raise Problem(412, "The clip changed or vanished meanwhile; fetch it again")

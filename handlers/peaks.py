@@ -7,12 +7,14 @@ and `Cache-Control: no-cache`: a client keeps its copy and revalidates it
 for a 304 of a few bytes.
 """
 
+import asyncio
+
 from aiohttp import web
 
 from db import POOL
 from db import jobs as queue
 from jobs.media import zoom
-from schemas.peaks import Peaks, PeaksQuery
+from schemas.peaks import MAX_LENGTH, Peaks, PeaksQuery
 from streaming.ranges import not_modified
 from web.params import parse_id, parse_query
 from web.problems import Problem
@@ -41,11 +43,28 @@ async def clip_peaks(request: web.Request) -> web.Response:
             headers={"Retry-After": RETRY_AFTER},
         )
     multiple = query.multiple(row["sample_rate"])
+    # The coarsest zoom whose answer fits MAX_LENGTH (schemas/peaks.py).
+    least = -(-len(row["data"]) // 2 // MAX_LENGTH)
+    if multiple < least and query.zoomed():
+        spp = least * row["samples_per_pixel"]
+        field = "samples_per_pixel" if query.samples_per_pixel else "pixels_per_second"
+        raise Problem(
+            400,
+            f"Invalid query parameters: {field}",
+            errors=[{
+                "field": field,
+                "reason": f"at most {MAX_LENGTH} pixels are served at once: this clip's"
+                f" waveform needs samples_per_pixel {spp} or more",
+            }],
+        )  # fmt: skip
+    multiple = max(multiple, least)
     etag = f'"{clip_id}-{queue.version(row["computed_at"])}-{multiple}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if not_modified(request, etag, None):
         return web.Response(status=304, headers=headers)
-    data = zoom(row["data"], multiple)
+    # In a thread: a long clip's zoom is tenths of a second of work the
+    # event loop need not wait for.
+    data = await asyncio.to_thread(zoom, row["data"], multiple)
     body: Peaks = {
         "version": 2,
         "channels": 1,

@@ -18,6 +18,7 @@ file's fault: retrying cannot help) or `Retryable`.
 
 import array
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from pathlib import Path
 import lameenc
 import miniaudio
 
+from schemas.fields import MAX_DURATION_SECONDS
 from schemas.peaks import BASE_SAMPLES_PER_PIXEL
 from settings import PREVIEW_BITRATES
 from storage import MediaStore, StorageError
@@ -52,6 +54,19 @@ INFO_READERS = {
 # A decode that yields less than this share of the clip's duration (less a
 # half second of slack) is a damaged file, not a short one.
 MIN_DECODED_SHARE = 0.9
+# A decode that goes on past this share of the clip's duration (plus a
+# second) is a file whose header lies (a FLAC whose STREAMINFO says 10 s
+# ahead of an hour of frames, which the upload measured as 10 s): stopped,
+# as its preview, peaks and job time would be sized by audio nobody
+# declared. A remote clip's duration is its creator's word: its decode
+# stops at MAX_DURATION_SECONDS, the longest any clip may be.
+MAX_DECODED_SHARE = 1.1
+
+
+NOT_LIGHTER = (
+    "a {kbps} kbit/s preview would be no lighter than the original ({original_bytes} bytes),"
+    " which is served instead"
+)
 
 
 class Unreadable(Exception):
@@ -122,9 +137,12 @@ def kind_of(path: str) -> str:
         return sniff(file.read(64)) or "unknown"
 
 
-def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array.array]]:
+def decode(
+    path: str, expected_seconds: float, mp3_rate: bool = True
+) -> tuple[int, int, Iterator[array.array]]:
     """(sample rate, channels, chunks of interleaved 16-bit samples) of the
-    audio at `path`, at most two channels, at an MP3 sample rate. The
+    audio at `path`, at most two channels, at an MP3 sample rate (or, when
+    not `mp3_rate`, at its own rate up to 48 kHz). The
     iterator raises Unreadable when it ends well short of
     `expected_seconds` (a damaged file decodes partly)."""
     kind = kind_of(path)
@@ -139,8 +157,16 @@ def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array
         ) from None
     channels = min(info.nchannels, 2)
     rate = info.sample_rate
-    if rate not in MP3_RATES:
+    if rate not in MP3_RATES and (mp3_rate or rate > 48000):
         rate = 44100 if rate % 11025 == 0 else 48000
+
+    if expected_seconds:
+        most = rate * (MAX_DECODED_SHARE * expected_seconds + 1)
+        too_long = f"the file is damaged: it decodes longer than the {expected_seconds:.1f} s"
+        too_long += " it announces"
+    else:
+        most = rate * MAX_DURATION_SECONDS
+        too_long = f"its audio is longer than any clip may be ({MAX_DURATION_SECONDS} s)"
 
     def chunks() -> Iterator[array.array]:
         frames = 0
@@ -150,6 +176,8 @@ def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array
             )
             for chunk in stream:
                 frames += len(chunk) // channels
+                if frames > most:
+                    raise Unreadable(too_long)
                 yield chunk
         except miniaudio.MiniaudioError as error:
             raise Unreadable(f"its audio cannot be decoded: {error}") from None
@@ -163,7 +191,12 @@ def decode(path: str, expected_seconds: float) -> tuple[int, int, Iterator[array
 
 
 def encode_preview(store: MediaStore, path: str, expected_seconds: float, kbps: int) -> Preview:
-    """Encode the audio at `path` as a constant-bitrate MP3 into the store."""
+    """Encode the audio at `path` as a constant-bitrate MP3 into the store.
+    Raises Unreadable, and stops writing, once the preview would be no
+    lighter than the original (a low-bitrate MP3 upload): the original is
+    served instead, and a crafted upload cannot make the job write more
+    than its own size."""
+    original_bytes = os.path.getsize(path)
     rate, channels, chunks = decode(path, expected_seconds)
     kbps = preview_kbps(kbps, rate, channels)
     encoder = lameenc.Encoder()
@@ -184,9 +217,13 @@ def encode_preview(store: MediaStore, path: str, expected_seconds: float, kbps: 
             frames += len(chunk) // channels
             encoded = encoder.encode(chunk.tobytes())
             size += len(encoded)
+            if size >= original_bytes:
+                raise Unreadable(NOT_LIGHTER.format(kbps=kbps, original_bytes=original_bytes))
             out.write(bytes(encoded))
         tail = encoder.flush()
         size += len(tail)
+        if size >= original_bytes:
+            raise Unreadable(NOT_LIGHTER.format(kbps=kbps, original_bytes=original_bytes))
         out.write(bytes(tail))
         out.close()
         if size == 0:
@@ -212,8 +249,11 @@ def preview_kbps(stereo_kbps: int, rate: int, channels: int) -> int:
 def measure_peaks(path: str, expected_seconds: float) -> Peaks:
     """The waveform of the audio at `path`: for every SAMPLES_PER_PIXEL
     frames, the lowest and highest sample of any channel, as 8-bit values
-    (audiowaveform's `--bits 8`, channels merged)."""
-    rate, channels, chunks = decode(path, expected_seconds)
+    (audiowaveform's `--bits 8`, channels merged), at the audio's own sample
+    rate as audiowaveform gives it (48 kHz at most). Never resampled up:
+    a 60 KB WAV at 1 Hz announcing 16 hours made 16 hours of 48 kHz
+    samples to scan, minutes of a job process for nothing."""
+    rate, channels, chunks = decode(path, expected_seconds, mp3_rate=False)
     block = SAMPLES_PER_PIXEL * channels
     peaks = array.array("b")
     carry = array.array("h")

@@ -16,6 +16,11 @@ BASE_SAMPLES_PER_PIXEL = 256
 MAX_MULTIPLE = 4096  # 1,048,576 samples per pixel: about 24 s a point at 44.1 kHz
 MAX_SAMPLES_PER_PIXEL = BASE_SAMPLES_PER_PIXEL * MAX_MULTIPLE
 MAX_PIXELS_PER_SECOND = 200
+# Pixels one answer holds at most (about 1.5 MB of JSON; 25 min of 44.1 kHz
+# audio at the finest zoom): a long clip's finest zoom would otherwise be
+# tens of MB, built on the server for each request. Without a zoom the
+# finest within it is served; a finer zoom asked for is a 400.
+MAX_LENGTH = 2**18
 
 PEAKS_EXAMPLE = {
     "version": 2,
@@ -47,7 +52,11 @@ class Peaks(TypedDict):
     bits: Literal[8]
     length: Annotated[
         int,
-        Field(ge=0, description="Pixels: ceil(duration × sample_rate / samples_per_pixel)"),
+        Field(
+            ge=0,
+            le=MAX_LENGTH,
+            description="Pixels: ceil(duration × sample_rate / samples_per_pixel)",
+        ),
     ]
     data: Annotated[
         list[Annotated[int, Field(ge=-128, le=127)]],
@@ -79,6 +88,9 @@ class PeaksQuery(BaseModel, extra="forbid"):
         if self.samples_per_pixel is not None and self.pixels_per_second is not None:
             raise ValueError("give samples_per_pixel or pixels_per_second, not both")
         return self
+
+    def zoomed(self) -> bool:
+        return self.samples_per_pixel is not None or self.pixels_per_second is not None
 
     def multiple(self, sample_rate: int) -> int:
         """How many stored pixels make one served pixel, at `sample_rate`."""

@@ -13,12 +13,14 @@ import os
 import struct
 import wave
 
+import lameenc
 import mutagen
 import pytest
 from aiohttp import web
 
 from db import jobs as queue
-from tests.support import PROBLEM, read_problem, upload_form, wait_until
+from schemas.peaks import MAX_LENGTH
+from tests.support import PROBLEM, media_files, read_problem, upload_form, wait_until
 
 SECONDS = 20.0
 RATE = 44100
@@ -49,6 +51,37 @@ def forged_flac(seconds: int = 5, rate: int = RATE) -> bytes:
     packed = (rate << 44) | (1 << 41) | (15 << 36) | (rate * seconds)  # stereo, 16-bit
     info = struct.pack(">HH", 4096, 4096) + bytes(6) + packed.to_bytes(8, "big") + bytes(16)
     return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info + os.urandom(200_000)
+
+
+def crc(data: bytes, width: int, poly: int) -> int:
+    """FLAC's frame checksums: CRC-8 (poly 0x07) and CRC-16 (poly 0x8005)."""
+    top, mask, value = 1 << (width - 1), (1 << width) - 1, 0
+    for byte in data:
+        value ^= byte << (width - 8)
+        for _ in range(8):
+            value = ((value << 1) ^ poly if value & top else value << 1) & mask
+    return value
+
+
+def lying_flac(announced: int, blocks: int, rate: int = RATE) -> bytes:
+    """A valid mono 16-bit FLAC of `blocks` frames of 4096 equal samples
+    (a quiet hum, about 12 bytes a frame), whose STREAMINFO announces
+    `announced` seconds: what the upload measures."""
+    packed = (rate << 44) | (15 << 36) | (rate * announced)  # mono, 16-bit
+    info = struct.pack(">HH", 4096, 4096) + bytes(6) + packed.to_bytes(8, "big") + bytes(16)
+    # STREAMINFO, then 256 KiB of PADDING (as taggers leave room): a file
+    # heavier than the preview of its announced seconds.
+    padding = bytes([0x81]) + (256 * 1024).to_bytes(3, "big") + bytes(256 * 1024)
+    frames = [b"fLaC", bytes([0x00]) + len(info).to_bytes(3, "big") + info + padding]
+    for number in range(blocks):  # below 2^11: two bytes of FLAC's UTF-8 coding
+        coded = (
+            bytes([number]) if number < 0x80 else bytes([0xC0 | number >> 6, 0x80 | number & 0x3F])
+        )
+        # Fixed blocks of 4096 at 44.1 kHz, mono 16-bit; one CONSTANT subframe.
+        head = b"\xff\xf8\xc9\x08" + coded
+        frame = head + bytes([crc(head, 8, 0x07)]) + b"\x00" + (1000).to_bytes(2, "big")
+        frames.append(frame + crc(frame, 16, 0x8005).to_bytes(2, "big"))
+    return b"".join(frames)
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +311,117 @@ async def test_a_corrupt_file_fails_its_jobs_and_the_clip_still_plays(client, po
     assert "could not be computed" in problem["detail"] and "damaged" in problem["detail"]
     # Failing at once: the file cannot change, so it was tried once.
     assert [r["attempts"] for r in await queue.job_states(pool, clip["id"])] == [1, 1]
+
+
+def low_bitrate_mp3(seconds: int = 20, rate: int = 8000) -> bytes:
+    """A mono MP3 at 8 kbit/s (a voice memo): lighter than any preview. An
+    empty ID3v2 tag ahead, as taggers write, by which mutagen knows it."""
+    samples = array.array(
+        "h", (int(8000 * math.sin(2 * math.pi * 440 * n / rate)) for n in range(seconds * rate))
+    )
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(8)
+    encoder.set_in_sample_rate(rate)
+    encoder.set_channels(1)
+    tag = b"ID3\x03\x00\x00" + bytes(4)
+    return tag + bytes(encoder.encode(samples.tobytes())) + bytes(encoder.flush())
+
+
+async def test_a_preview_heavier_than_the_original_is_not_made(client, media_dir):
+    mp3 = low_bitrate_mp3()
+    before = media_files(media_dir)
+    created = await upload(client, mp3, "memo.mp3")
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "the preview's end"
+    )
+    # A 64 kbit/s preview of 8 kbit/s audio would be 8 times its size.
+    assert clip["preview"]["status"] == "failed"
+    assert "no lighter than the original" in clip["preview"]["reason"], clip["preview"]
+    [original] = media_files(media_dir) - before  # no preview, no partial file left behind
+    assert (media_dir / original).read_bytes() == mp3
+    stream = await client.session.get(clip["stream_url"])
+    assert stream.status == 200 and await stream.read() == mp3
+
+
+async def test_a_long_clips_waveform_is_served_within_bounds(client, make_clip, pool):
+    # 2^18 + 10 pixels at 256 samples per pixel: 26 minutes at 44.1 kHz.
+    pixels = MAX_LENGTH + 10
+    clip_id = await make_clip(media_path="tune.wav", content_type="audio/wav")
+    await pool.execute(
+        "INSERT INTO clip_peaks (clip_id, sample_rate, samples_per_pixel, data)"
+        " VALUES ($1, 44100, 256, $2)",
+        clip_id,
+        bytes([0x80, 0x7F]) * pixels,
+    )
+    peaks = await (await client.get(f"/clips/{clip_id}/peaks")).json()
+    # Without a zoom: the finest one that fits, 2 stored pixels to one.
+    assert peaks["samples_per_pixel"] == 512 and peaks["length"] == math.ceil(pixels / 2)
+    for query, field in [
+        ("samples_per_pixel=256", "samples_per_pixel"),
+        ("pixels_per_second=200", "pixels_per_second"),
+    ]:
+        response = await client.get(f"/clips/{clip_id}/peaks?{query}")
+        problem = await read_problem(response, 400)
+        [error] = problem["errors"]
+        assert error["field"] == field and "samples_per_pixel 512" in error["reason"], problem
+    response = await client.get(f"/clips/{clip_id}/peaks?samples_per_pixel=512")
+    assert response.status == 200 and (await response.json())["length"] <= MAX_LENGTH
+
+
+async def test_a_file_decoding_longer_than_it_announces_fails_its_jobs(client, pool):
+    # 10 s announced ahead of 120 s of frames: the upload measures 10 s.
+    flac = lying_flac(announced=10, blocks=1292)
+    created = await upload(client, flac, "liar.flac")
+    assert created["duration_seconds"] == 10.0
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "the preview's end"
+    )
+    assert clip["preview"]["status"] == "failed"
+    assert "decodes longer than the 10.0 s it announces" in clip["preview"]["reason"]
+
+    async def peaks_ended():
+        states = {r["kind"]: r["state"] for r in await queue.job_states(pool, clip["id"])}
+        return states["peaks"] in ("done", "failed")
+
+    await wait_until(peaks_ended, "the peaks job to end", seconds=30, interval=0.1)
+    problem = await read_problem(await client.session.get(clip["peaks_url"]), 404)
+    assert "decodes longer" in problem["detail"]
+    stream = await client.session.get(clip["stream_url"])
+    assert stream.status == 200 and await stream.read() == flac
+
+
+async def test_peaks_keep_the_audios_own_sample_rate(client):
+    # Ten minutes of an 8-bit mono WAV at 100 Hz: 60 KB. Its peaks are of
+    # its 60,000 samples, as audiowaveform gives them, not of 28.8 million
+    # made up by resampling to 48 kHz (a 1 Hz file announcing 16 hours
+    # kept a job process busy for minutes).
+    out = io.BytesIO()
+    with wave.open(out, "wb") as audio:
+        audio.setnchannels(1)
+        audio.setsampwidth(1)
+        audio.setframerate(100)
+        audio.writeframes(bytes(128 + (n % 50) for n in range(60_000)))
+    created = await upload(client, out.getvalue(), "slow.wav")
+
+    async def peaks():
+        response = await client.session.get(created["peaks_url"])
+        return await response.json() if response.status == 200 else None
+
+    body = await wait_until(peaks, "the peaks", seconds=30, interval=0.1)
+    assert body["sample_rate"] == 100 and body["samples_per_pixel"] == 256
+    check_audiowaveform(body, 600.0)
+
+
+async def test_a_stored_clips_measured_duration_cannot_be_patched(client, wav):
+    created = await upload(client, wav, "take.wav")
+    # The same value, sent back with the rest of the clip, is no change.
+    same = await client.patch(f"/clips/{created['id']}", json={"duration_seconds": SECONDS})
+    assert same.status == 200
+    changed = await client.patch(f"/clips/{created['id']}", json={"duration_seconds": 5.0})
+    problem = await read_problem(changed, 400)
+    assert problem["errors"][0]["field"] == "duration_seconds"
+    clip = await clip_when(
+        client, created["id"], lambda c: c["preview"]["status"] != "pending", "a preview"
+    )
+    # Its jobs judged the audio against the measured 20 s, not a typed 5 s.
+    assert clip["duration_seconds"] == SECONDS and clip["preview"]["status"] == "ready"
