@@ -206,6 +206,27 @@ def check_port(settings: Settings) -> None:
                     raise port_in_use(settings) from None
 
 
+# multiprocessing's forkserver (the audio readers, the job processes) listens
+# on TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX: 32 characters past TMPDIR, in a
+# sun_path of 108 bytes with its NUL (Linux, unix(7)).
+SOCKET_PATH_LIMIT = 107
+FORKSERVER_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def check_temporary_directory() -> None:
+    """Stop at once, in one line, when TMPDIR is too long to hold a Unix
+    socket: otherwise every upload and job would fail later, each with
+    `AF_UNIX path too long`."""
+    directory = tempfile.gettempdir()
+    most = SOCKET_PATH_LIMIT - FORKSERVER_SOCKET_SUFFIX
+    if len(directory) > most:
+        raise SystemExit(
+            f"server: cannot start: TMPDIR is {len(directory)} characters long; the upload"
+            f" readers' and job processes' Unix sockets need one of at most {most} (set a"
+            " shorter TMPDIR)"
+        )
+
+
 @contextlib.contextmanager
 def failing_in_one_line(settings: Settings) -> Iterator[None]:
     """Start-up failed (database unreachable, port taken): one line, like a
@@ -306,6 +327,7 @@ def main() -> None:
     settings = load_settings()
     configure_logging(settings)
     check_port(settings)
+    check_temporary_directory()
     with database(settings) as url:
         settings = settings.changed({"database_url": url})
         if settings.workers == 1:

@@ -16,8 +16,10 @@ flush; its log is in the failure message otherwise.
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ class Replica:
     process: asyncio.subprocess.Process
     log: Path
     media_dir: Path
+    temporary: str
 
     @property
     def base(self) -> str:
@@ -53,7 +56,9 @@ async def start_replica(database_url: str, directory: Path, **env: str) -> Repli
     port = free_port()
     media_dir = directory / "media"
     media_dir.mkdir(parents=True)
-    (directory / "tmp").mkdir()
+    # A short TMPDIR of its own: pytest's tmp_path can be too long for the
+    # Unix sockets the server makes there (it refuses to start then).
+    temporary = tempfile.mkdtemp(prefix="replica-")
     log = directory / "server.log"
     environment = {
         **os.environ,
@@ -62,7 +67,7 @@ async def start_replica(database_url: str, directory: Path, **env: str) -> Repli
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "MEDIA_DIR": str(media_dir),
-        "TMPDIR": str(directory / "tmp"),
+        "TMPDIR": temporary,
         "MIGRATE_ON_START": "false",
         "SHUTDOWN_GRACE": "2",
         "UPSTREAM_ALLOW": "127.0.0.1/32",
@@ -72,7 +77,7 @@ async def start_replica(database_url: str, directory: Path, **env: str) -> Repli
         process = await asyncio.create_subprocess_exec(
             sys.executable, ROOT / "server.py", env=environment, stdout=out, stderr=out
         )
-    replica = Replica(port, process, log, media_dir)
+    replica = Replica(port, process, log, media_dir, temporary)
     try:
         async with aiohttp.ClientSession() as session:
 
@@ -97,6 +102,7 @@ async def kill(replica: Replica) -> None:
     if replica.process.returncode is None:
         replica.process.kill()
         await replica.process.wait()
+    shutil.rmtree(replica.temporary, ignore_errors=True)
 
 
 async def stop(replica: Replica) -> int:
@@ -108,6 +114,7 @@ async def stop(replica: Replica) -> int:
                 await replica.process.wait()
         except TimeoutError:
             await kill(replica)
+    shutil.rmtree(replica.temporary, ignore_errors=True)
     return replica.process.returncode
 
 

@@ -184,3 +184,16 @@ def test_every_libpq_password_is_masked():
     shown = repr(Settings(DATABASE_URL=url))
     assert "hunter2" not in shown and "hunter3" not in shown
     assert "sslmode=require" in shown
+
+
+async def test_server_refuses_a_temporary_directory_too_long_for_its_sockets(tmp_path):
+    # The upload readers and job processes listen on Unix sockets under
+    # TMPDIR: past 75 characters every upload and job would fail later.
+    long = tmp_path / ("t" * (100 - len(str(tmp_path))))
+    long.mkdir()
+    code, lines = await run("server.py", TMPDIR=str(long), PORT="18999")
+    assert code != 0
+    assert lines == [
+        f"server: cannot start: TMPDIR is {len(str(long))} characters long; the upload"
+        " readers' and job processes' Unix sockets need one of at most 75 (set a shorter TMPDIR)"
+    ]
