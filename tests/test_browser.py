@@ -17,9 +17,9 @@ from aiohttp import web
 from yarl import URL
 
 from db.plays import PLAYS
+from tests.audio import stereo_wav
 from tests.browser import AUDIO_STATE
 from tests.support import upload_form, wait_until
-from tests.test_previews import stereo_wav
 
 SECONDS = {"tune.wav": 20.0, "long.wav": 240.0}
 

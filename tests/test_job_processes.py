@@ -15,9 +15,9 @@ import pytest
 
 from db import clips
 from db import jobs as queue
+from tests.audio import stereo_wav
 from tests.scrape import metric
 from tests.support import free_port, wait_until
-from tests.test_previews import stereo_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ from db import POOL, clips
 from db import jobs as queue
 from jobs import JOBS
 from server import SERVER_OPTIONS, create_app
+from tests.audio import stereo_wav
 from tests.scrape import metric, scrape
 from tests.support import media_files, read_problem, upload_form, wait_until
-from tests.test_previews import stereo_wav
 
 
 def running_jobs(settings, **changes):

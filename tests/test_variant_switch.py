@@ -5,33 +5,16 @@ never pass for one another in conditional requests. Against the real app,
 PostgreSQL and media stores; the preview made by another server process.
 """
 
-import array
 import io
-import math
-import wave
 
 import pytest
 from yarl import URL
 
+from tests.audio import stereo_wav
 from tests.support import upload_form, wait_until
 
 READ_KEY = "read-key-0123456789abcdef"
 WRITE_KEY = "write-key-0123456789abcdef"
-
-
-def tone_wav(seconds: float = 6.0, rate: int = 44100) -> bytes:
-    """A 16-bit stereo WAV of a 440 Hz tone."""
-    frames = int(seconds * rate)
-    samples = array.array("h", bytes(4 * frames))
-    for n in range(frames):
-        samples[2 * n] = samples[2 * n + 1] = int(8000 * math.sin(2 * math.pi * 440 * n / rate))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as audio:
-        audio.setnchannels(2)
-        audio.setsampwidth(2)
-        audio.setframerate(rate)
-        audio.writeframes(samples.tobytes())
-    return out.getvalue()
 
 
 async def upload(client, audio: bytes, headers: dict | None = None) -> dict:
@@ -45,7 +28,7 @@ async def upload(client, audio: bytes, headers: dict | None = None) -> dict:
 async def test_a_url_held_across_the_preview_becoming_ready_plays_the_same_bytes(
     settings, make_client, media_store
 ):
-    wav = tone_wav()
+    wav = stereo_wav(6.0)
     # This process runs no jobs and keeps the clip's row for an hour: the
     # preview is made by another process, as with WORKERS > 1 or replicas.
     api = await make_client(settings.changed({"clip_cache_seconds": 3600}))
@@ -102,7 +85,7 @@ async def test_a_signed_stream_url_names_the_original_while_the_preview_is_pendi
         }
     )
     client = await make_client(keyed)
-    wav = tone_wav(2.0)
+    wav = stereo_wav(2.0)
     clip = await upload(client, wav, {"Authorization": f"Bearer {WRITE_KEY}"})
     url = URL(clip["stream_url"])
     assert url.query["variant"] == "original" and {"exp", "sig"} <= set(url.query)

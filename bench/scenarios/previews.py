@@ -14,12 +14,9 @@ job process makes, on the servers' core.
   as 60 s over the mean job time per clip.
 """
 
-import array
 import asyncio
-import io
 import math
 import time
-import wave
 from pathlib import Path
 
 import asyncpg
@@ -32,6 +29,7 @@ from db.queries import Queries
 from db.seed import DEMOS, write_demo_files
 from jobs.media import encode_preview, measure_peaks
 from storage import MediaStore
+from tests.audio import stereo_wav
 
 SQL = Queries.load(Path(__file__).resolve().parent.parent, "previews.sql")
 
@@ -39,25 +37,6 @@ CLIPS = 20
 STEREO_SECONDS = 20.0
 JOBS = ("preview", "peaks")
 WAIT_SECONDS = 300.0
-
-
-def stereo_wav(path: Path, seconds: float = STEREO_SECONDS, rate: int = 44100) -> None:
-    """A 16-bit stereo WAV of two tones swelling each second (as
-    tests/test_previews.py uploads)."""
-    frames = int(seconds * rate)
-    samples = array.array("h", bytes(4 * frames))
-    for n in range(frames):
-        t = n / rate
-        swell = 0.2 + 0.8 * abs(math.sin(math.pi * t))
-        samples[2 * n] = int(12000 * swell * math.sin(2 * math.pi * 220 * t))
-        samples[2 * n + 1] = int(9000 * swell * math.sin(2 * math.pi * 330 * t))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as audio:
-        audio.setnchannels(2)
-        audio.setsampwidth(2)
-        audio.setframerate(rate)
-        audio.writeframes(samples.tobytes())
-    path.write_bytes(out.getvalue())
 
 
 def job_seconds(text: str) -> float:
@@ -151,7 +130,8 @@ async def bytes_per_listen(bench: Bench, conn) -> None:
 
 
 async def throughput(bench: Bench, conn) -> None:
-    await asyncio.to_thread(stereo_wav, bench.media_dir / "bench-stereo-0.wav")
+    wav = await asyncio.to_thread(stereo_wav, STEREO_SECONDS)
+    (bench.media_dir / "bench-stereo-0.wav").write_bytes(wav)
     for n in range(1, CLIPS):
         (bench.media_dir / f"bench-stereo-{n}.wav").hardlink_to(
             bench.media_dir / "bench-stereo-0.wav"
